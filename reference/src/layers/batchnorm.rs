@@ -1,0 +1,215 @@
+//! BatchNorm1d and its dual (clean / adversarial) form (SPEC 2).
+
+use crate::real::Real;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+
+/// What the forward pass remembers for the backward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BnCache<F> {
+    /// `x̂ = (x − μ) / √(σ² + eps_bn)`, `N x h`.
+    pub x_hat: Array2<F>,
+    /// `1 / √(σ² + eps_bn)` per feature, `h`.
+    pub inv_std: Array1<F>,
+    /// `true` when `μ, σ²` were the batch's own statistics (training mode),
+    /// so the backward pass must include their dependence on `x`.
+    pub batch_stats: bool,
+}
+
+/// The statistics of one training-mode batch, kept so the running averages
+/// can be updated later (or not, for the adversarial generation pass).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BnStats<F> {
+    /// Batch mean `μ`, `h`.
+    pub mean: Array1<F>,
+    /// Unbiased batch variance `Σ(x − μ)² / (N − 1)`, `h` (what PyTorch
+    /// folds into `running_var`).
+    pub var_unbiased: Array1<F>,
+}
+
+/// Training-mode BatchNorm1d:
+///
+/// ```text
+/// μ  = (1/N) Σ_n x[n]            σ² = (1/N) Σ_n (x[n] − μ)²   (biased)
+/// x̂ = (x − μ) / √(σ² + eps_bn)   y  = γ ⊙ x̂ + β
+/// ```
+///
+/// Shapes: `x: N x h`, `gamma, beta: h` → `y: N x h`. `N >= 2`.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::layers::batchnorm_forward_train;
+/// let (y, _, stats) = batchnorm_forward_train(array![[1.0], [3.0]].view(),
+///     array![1.0].view(), array![0.0].view(), 0.0);
+/// assert_eq!(y, array![[-1.0], [1.0]]);
+/// assert_eq!(stats.var_unbiased, array![2.0]);
+/// ```
+pub fn batchnorm_forward_train<F: Real>(
+    x: ArrayView2<'_, F>,
+    gamma: ArrayView1<'_, F>,
+    beta: ArrayView1<'_, F>,
+    eps_bn: f64,
+) -> (Array2<F>, BnCache<F>, BnStats<F>) {
+    let n = F::c(x.nrows() as f64);
+    let mean = x.sum_axis(Axis(0)) / n;
+    let centered = &x - &mean;
+    let sq_sum = centered.mapv(|v| v * v).sum_axis(Axis(0));
+    let var_biased = &sq_sum / n;
+    let var_unbiased = &sq_sum / (n - F::one());
+    let inv_std = var_biased.mapv(|v| F::one() / (v + F::c(eps_bn)).sqrt());
+    let x_hat = &centered * &inv_std;
+    let y = &x_hat * &gamma + &beta;
+    (
+        y,
+        BnCache {
+            x_hat,
+            inv_std,
+            batch_stats: true,
+        },
+        BnStats { mean, var_unbiased },
+    )
+}
+
+/// Evaluation-mode BatchNorm1d: `y = γ ⊙ (x − running_mean) / √(running_var + eps_bn) + β`.
+///
+/// Shapes: `x: N x h`, all vectors `h` → `y: N x h`.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::layers::batchnorm_forward_eval;
+/// let (y, _) = batchnorm_forward_eval(array![[3.0]].view(), array![2.0].view(),
+///     array![1.0].view(), array![1.0].view(), array![4.0].view(), 0.0);
+/// assert_eq!(y, array![[3.0]]); // 2 * (3 - 1) / 2 + 1
+/// ```
+pub fn batchnorm_forward_eval<F: Real>(
+    x: ArrayView2<'_, F>,
+    gamma: ArrayView1<'_, F>,
+    beta: ArrayView1<'_, F>,
+    running_mean: ArrayView1<'_, F>,
+    running_var: ArrayView1<'_, F>,
+    eps_bn: f64,
+) -> (Array2<F>, BnCache<F>) {
+    let inv_std = running_var.mapv(|v| F::one() / (v + F::c(eps_bn)).sqrt());
+    let x_hat = (&x - &running_mean) * &inv_std;
+    let y = &x_hat * &gamma + &beta;
+    (
+        y,
+        BnCache {
+            x_hat,
+            inv_std,
+            batch_stats: false,
+        },
+    )
+}
+
+/// Backward of either forward. With `g = dy` and per-feature sums over the batch:
+///
+/// ```text
+/// dβ = Σ_n g[n]        dγ = Σ_n g[n] ⊙ x̂[n]
+/// batch statistics:    dx = γ ⊙ inv_std / N ⊙ (N g − dβ − x̂ ⊙ dγ)
+/// running statistics:  dx = γ ⊙ inv_std ⊙ g
+/// ```
+///
+/// Shapes: `dy: N x h`, `gamma: h` → `(dx: N x h, dγ: h, dβ: h)`.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::layers::{batchnorm_backward, batchnorm_forward_train};
+/// let (_, cache, _) = batchnorm_forward_train(array![[1.0], [3.0]].view(),
+///     array![1.0].view(), array![0.0].view(), 0.0);
+/// // a gradient equal to a constant shift is annihilated by the mean subtraction
+/// let (dx, _, dbeta) = batchnorm_backward(array![[1.0], [1.0]].view(), array![1.0].view(), &cache);
+/// assert_eq!(dx, array![[0.0], [0.0]]);
+/// assert_eq!(dbeta, array![2.0]);
+/// ```
+pub fn batchnorm_backward<F: Real>(
+    dy: ArrayView2<'_, F>,
+    gamma: ArrayView1<'_, F>,
+    cache: &BnCache<F>,
+) -> (Array2<F>, Array1<F>, Array1<F>) {
+    let dbeta = dy.sum_axis(Axis(0));
+    let dgamma = (&dy * &cache.x_hat).sum_axis(Axis(0));
+    let scale = &gamma * &cache.inv_std;
+    let dx = if cache.batch_stats {
+        let n = F::c(dy.nrows() as f64);
+        let mut dx = Array2::zeros(dy.raw_dim());
+        Zip::from(dx.columns_mut())
+            .and(dy.columns())
+            .and(cache.x_hat.columns())
+            .and(&scale)
+            .and(&dbeta)
+            .and(&dgamma)
+            .for_each(|mut dx, g, xh, &s, &db, &dg| {
+                Zip::from(&mut dx)
+                    .and(&g)
+                    .and(&xh)
+                    .for_each(|d, &g, &xh| *d = s / n * (n * g - db - xh * dg));
+            });
+        dx
+    } else {
+        &dy * &scale
+    };
+    (dx, dgamma, dbeta)
+}
+
+/// One BatchNorm1d: affine parameters, running statistics and its constants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNorm1d<F> {
+    /// `γ` (PyTorch `weight`), initialised to 1.
+    pub gamma: Array1<F>,
+    /// `β` (PyTorch `bias`), initialised to 0.
+    pub beta: Array1<F>,
+    /// Running mean, initialised to 0.
+    pub running_mean: Array1<F>,
+    /// Running (unbiased) variance, initialised to 1.
+    pub running_var: Array1<F>,
+    /// Momentum `m` of `running = (1 − m) running + m batch_stat`.
+    pub momentum: f64,
+    /// `eps_bn`, added to the variance (1e-5).
+    pub eps: f64,
+}
+
+impl<F: Real> BatchNorm1d<F> {
+    /// PyTorch's initial state for `h` features.
+    pub fn new(h: usize, momentum: f64, eps: f64) -> Self {
+        BatchNorm1d {
+            gamma: Array1::ones(h),
+            beta: Array1::zeros(h),
+            running_mean: Array1::zeros(h),
+            running_var: Array1::ones(h),
+            momentum,
+            eps,
+        }
+    }
+
+    /// PyTorch's update: `running = (1 − m) running + m stat`, with the
+    /// unbiased variance for `running_var`.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use clae_reference::layers::{BatchNorm1d, BnStats};
+    /// let mut bn = BatchNorm1d::<f64>::new(1, 0.1, 1e-5);
+    /// bn.update_running(&BnStats { mean: array![2.0], var_unbiased: array![3.0] });
+    /// assert!((bn.running_mean[0] - 0.2).abs() < 1e-15);
+    /// assert!((bn.running_var[0] - 1.2).abs() < 1e-15);
+    /// ```
+    pub fn update_running(&mut self, stats: &BnStats<F>) {
+        let m = F::c(self.momentum);
+        let keep = F::one() - m;
+        Zip::from(&mut self.running_mean)
+            .and(&stats.mean)
+            .for_each(|r, &s| *r = m * s + keep * *r);
+        Zip::from(&mut self.running_var)
+            .and(&stats.var_unbiased)
+            .for_each(|r, &s| *r = m * s + keep * *r);
+    }
+}
+
+/// Two independent BatchNorm1d layers (AdvProp-style): `clean` for clean
+/// inputs (and evaluation), `adv` for adversarial inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DualBatchNorm1d<F> {
+    /// Branch for clean views, momentum 0.1 by default.
+    pub clean: BatchNorm1d<F>,
+    /// Branch for adversarial views, momentum 0.01 by default.
+    pub adv: BatchNorm1d<F>,
+}

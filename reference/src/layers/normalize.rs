@@ -1,0 +1,70 @@
+//! Row-wise L2 normalisation with a clamped norm, as
+//! `torch.nn.functional.normalize(u, dim=1, eps)`.
+
+use crate::real::Real;
+use ndarray::{Array2, ArrayView2, Axis, Zip};
+
+/// The encoder's clamp, `1e-12` (PyTorch's default for `F.normalize`).
+pub const NORMALIZE_EPS: f64 = 1e-12;
+
+/// `z_i = u_i / max(‖u_i‖₂, eps)` per row. Shapes: `u: N x d` → `z: N x d`.
+///
+/// A zero row stays zero (no NaN).
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::layers::l2_normalize_forward;
+/// let z = l2_normalize_forward(array![[3.0, 4.0], [0.0, 0.0]].view(), 1e-12);
+/// assert_eq!(z, array![[0.6, 0.8], [0.0, 0.0]]);
+/// ```
+pub fn l2_normalize_forward<F: Real>(u: ArrayView2<'_, F>, eps: f64) -> Array2<F> {
+    let eps = F::c(eps);
+    let mut z = u.to_owned();
+    for mut row in z.axis_iter_mut(Axis(0)) {
+        let norm = row.dot(&row).sqrt();
+        let denom = if norm > eps { norm } else { eps };
+        row.mapv_inplace(|v| v / denom);
+    }
+    z
+}
+
+/// Backward of [`l2_normalize_forward`], row by row with `n = ‖u_i‖`:
+///
+/// * `n >= eps`: `du_i = (dz_i − ⟨dz_i, z_i⟩ z_i) / n` (the radial part removed);
+/// * `n <  eps`: `du_i = dz_i / eps` (the clamp is constant; PyTorch's
+///   `clamp_min` passes no gradient below its bound).
+///
+/// Shapes: `u, z, dz: N x d` → `du: N x d`.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::layers::{l2_normalize_backward, l2_normalize_forward};
+/// let u = array![[2.0, 0.0]];
+/// let z = l2_normalize_forward(u.view(), 1e-12);
+/// let du = l2_normalize_backward(u.view(), z.view(), array![[1.0, 1.0]].view(), 1e-12);
+/// assert_eq!(du, array![[0.0, 0.5]]);
+/// ```
+pub fn l2_normalize_backward<F: Real>(
+    u: ArrayView2<'_, F>,
+    z: ArrayView2<'_, F>,
+    dz: ArrayView2<'_, F>,
+    eps: f64,
+) -> Array2<F> {
+    let eps = F::c(eps);
+    let mut du = dz.to_owned();
+    Zip::from(du.rows_mut())
+        .and(u.rows())
+        .and(z.rows())
+        .for_each(|mut du, u, z| {
+            let norm = u.dot(&u).sqrt();
+            if norm >= eps {
+                let radial = du.dot(&z);
+                Zip::from(&mut du)
+                    .and(&z)
+                    .for_each(|g, &zv| *g = (*g - radial * zv) / norm);
+            } else {
+                du.mapv_inplace(|g| g / eps);
+            }
+        });
+    du
+}

@@ -1,0 +1,193 @@
+//! The three contrastive losses of SPEC 3, each a value and its analytic
+//! gradients with respect to both embedding sets.
+//!
+//! All three read the loss as a cross-entropy whose "classifier weights" are
+//! the other view's embeddings. All are computed with the row maximum
+//! subtracted before exponentiating (log-sum-exp) and `log1p` for
+//! `log(1 − x)`, so they stay finite in `f32` for `tau` down to `0.01`.
+
+pub mod plain;
+pub mod simclr;
+pub mod uel;
+
+use crate::check;
+use crate::error::{ClaeError, Result};
+use crate::real::Real;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+
+/// Which loss a model is trained with (the three variants of the authors' code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LossKind {
+    /// SPEC 3.1: `N`-way batch cross-entropy `L_ce` (the paper's formulation).
+    Plain,
+    /// SPEC 3.2: SimCLR's symmetric `2N`-way NT-Xent.
+    SimClr,
+    /// SPEC 3.3: the invariant-and-spreading batch criterion (Ye et al. 2019).
+    Uel,
+}
+
+impl LossKind {
+    /// All three, in SPEC order.
+    pub const ALL: [LossKind; 3] = [LossKind::Plain, LossKind::SimClr, LossKind::Uel];
+
+    /// Default temperature: 0.1 (Plain, UEL) or 0.5 (SimCLR).
+    ///
+    /// ```
+    /// use clae_reference::loss::LossKind;
+    /// assert_eq!(LossKind::SimClr.default_tau(), 0.5);
+    /// assert_eq!(LossKind::Uel.default_eps(), 0.03);
+    /// ```
+    pub fn default_tau(self) -> f64 {
+        match self {
+            LossKind::SimClr => 0.5,
+            LossKind::Plain | LossKind::Uel => 0.1,
+        }
+    }
+
+    /// Default FGSM step: 0.03 (Plain, UEL) or 0.01 (SimCLR).
+    pub fn default_eps(self) -> f64 {
+        match self {
+            LossKind::SimClr => 0.01,
+            LossKind::Plain | LossKind::Uel => 0.03,
+        }
+    }
+
+    /// Short lower-case name (`plain`, `simclr`, `uel`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Plain => "plain",
+            LossKind::SimClr => "simclr",
+            LossKind::Uel => "uel",
+        }
+    }
+}
+
+impl std::fmt::Display for LossKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = ClaeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "plain" => Ok(LossKind::Plain),
+            "simclr" => Ok(LossKind::SimClr),
+            "uel" => Ok(LossKind::Uel),
+            _ => Err(ClaeError::InvalidHyperParameter {
+                name: "loss kind".into(),
+                expected: "one of plain, simclr, uel".into(),
+                value: f64::NAN,
+            }),
+        }
+    }
+}
+
+/// A loss value with its gradients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossOutput<F> {
+    /// The scalar loss.
+    pub value: F,
+    /// `dL/dZ_P`, `N x d`.
+    pub grad_z_p: Array2<F>,
+    /// `dL/dZ_Q`, `N x d`.
+    pub grad_z_q: Array2<F>,
+}
+
+/// Validates a pair of embedding batches and `tau`.
+pub(crate) fn check_inputs<F: Real>(
+    z_p: ArrayView2<'_, F>,
+    z_q: ArrayView2<'_, F>,
+    tau: F,
+) -> Result<()> {
+    check::tau(tau)?;
+    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)
+}
+
+/// The loss value only.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::loss::{loss_value, LossKind};
+/// let z = array![[1.0, 0.0], [0.0, 1.0]];
+/// let l = loss_value(LossKind::Plain, z.view(), z.view(), 1.0).unwrap();
+/// assert!((l - (1.0 + 1f64.exp()).ln() + 1.0).abs() < 1e-15);
+/// ```
+pub fn loss_value<F: Real>(
+    kind: LossKind,
+    z_p: ArrayView2<'_, F>,
+    z_q: ArrayView2<'_, F>,
+    tau: F,
+) -> Result<F> {
+    Ok(loss_forward_backward(kind, z_p, z_q, tau)?.value)
+}
+
+/// Value and gradients w.r.t. both embedding sets for `kind`.
+/// For UEL the "gradient" is the stop-gradient one of SPEC 3.3.
+///
+/// Errors: shape mismatch, `N < 2`, `d = 0`, bad `tau`, non-finite entries.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::loss::{loss_forward_backward, LossKind};
+/// let z_p = array![[1.0, 0.0], [0.0, 1.0]];
+/// let out = loss_forward_backward(LossKind::SimClr, z_p.view(), z_p.view(), 0.5).unwrap();
+/// assert!(out.value.is_finite());
+/// assert_eq!(out.grad_z_q.dim(), (2, 2));
+/// assert!(loss_forward_backward(LossKind::Uel, z_p.view(), z_p.view(), 0.0).is_err());
+/// ```
+pub fn loss_forward_backward<F: Real>(
+    kind: LossKind,
+    z_p: ArrayView2<'_, F>,
+    z_q: ArrayView2<'_, F>,
+    tau: F,
+) -> Result<LossOutput<F>> {
+    check_inputs(z_p, z_q, tau)?;
+    Ok(loss_forward_backward_unchecked(kind, z_p, z_q, tau))
+}
+
+pub(crate) fn loss_forward_backward_unchecked<F: Real>(
+    kind: LossKind,
+    z_p: ArrayView2<'_, F>,
+    z_q: ArrayView2<'_, F>,
+    tau: F,
+) -> LossOutput<F> {
+    match kind {
+        LossKind::Plain => plain::plain_loss_forward_backward(z_p, z_q, tau),
+        LossKind::SimClr => simclr::simclr_loss_forward_backward(z_p, z_q, tau),
+        LossKind::Uel => uel::uel_loss_forward_backward(z_p, z_q, tau),
+    }
+}
+
+/// `logsumexp` of one row with the maximum subtracted: `m + ln Σ exp(s − m)`.
+/// Entries equal to `-inf` contribute nothing (used to mask the diagonal).
+pub(crate) fn logsumexp<F: Real>(row: ArrayView1<'_, F>) -> F {
+    let m = row.fold(F::neg_infinity(), |m, &v| if v > m { v } else { m });
+    if m == F::neg_infinity() {
+        return m;
+    }
+    m + row.iter().map(|&v| (v - m).exp()).sum::<F>().ln()
+}
+
+/// Row-wise softmax with the maximum subtracted; `-inf` entries get 0.
+pub(crate) fn softmax_rows<F: Real>(s: ArrayView2<'_, F>) -> (Array2<F>, Array1<F>) {
+    let mut a = s.to_owned();
+    let mut lse = Array1::zeros(s.nrows());
+    for (mut row, l) in a.axis_iter_mut(Axis(0)).zip(lse.iter_mut()) {
+        *l = logsumexp(row.view());
+        let l = *l;
+        row.mapv_inplace(|v| (v - l).exp());
+    }
+    (a, lse)
+}
+
+/// `[A; B]`, stacked rows (`2N x d`).
+pub(crate) fn stack_rows<F: Real>(a: ArrayView2<'_, F>, b: ArrayView2<'_, F>) -> Array2<F> {
+    ndarray::concatenate(Axis(0), &[a, b]).expect("callers pass equal widths")
+}
+
+/// Index of the positive of row `a` among `2N` stacked rows: `(a + N) mod 2N`.
+pub(crate) fn pos(a: usize, n: usize) -> usize {
+    (a + n) % (2 * n)
+}

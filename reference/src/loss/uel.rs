@@ -1,0 +1,110 @@
+//! SPEC 3.3 — UEL: the invariant-and-spreading batch criterion (Ye et al. 2019).
+//!
+//! ```text
+//! X = [Z_P; Z_Q]  (2N x d),   pos(a) = (a + N) mod 2N,   sg = stop-gradient
+//! s[a,b] = ⟨X[a], sg(X[b])⟩ / tau,   p[a,b] = exp s[a,b] / Σ_{c≠a} exp s[a,c]
+//! L_uel  = −(1/2N) Σ_a ( log p[a,pos(a)] + Σ_{b∉{a,pos(a)}} log(1 − p[a,b]) )
+//! ```
+//!
+//! The right factor of every inner product is a constant, so the "gradient"
+//! w.r.t. `X[a]` comes from row `a` only (it is *not* the gradient of the
+//! scalar). With `r[a,b] = p[a,b] / (1 − p[a,b])` and `R_a = Σ_{b neg} r[a,b]`:
+//!
+//! ```text
+//! ∂l_a/∂s[a,c] = −[c = pos(a)] + p[a,c] (1 − R_a) + [c neg] r[a,c]
+//! dL/dX[a]     = (1/(2N tau)) Σ_c ∂l_a/∂s[a,c] X[c]
+//! ```
+//!
+//! Stability: `p` comes from a max-subtracted softmax; `log(1 − p)` is
+//! `log1p(−p)` when `p <= 1/2`, and otherwise (at most one such `b` per row)
+//! `logsumexp_{c∉{a,b}} s[a,c] − logsumexp_{c≠a} s[a,c]`, which never rounds
+//! `1 − p` to zero. The odds `r` use the same split.
+
+use super::{check_inputs, logsumexp, pos, stack_rows, LossOutput};
+use crate::error::Result;
+use crate::real::Real;
+use ndarray::{s, Array2, ArrayView1, ArrayView2};
+
+/// Value of `L_uel` (`negM = 1`). Shapes: `z_p, z_q: N x d`.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::loss::uel::uel_loss;
+/// // N = 2, identical orthonormal views, tau = 1: for every row the positive
+/// // has logit 1 and the two negatives logit 0, so p_pos = e/(e+2), p_neg = 1/(e+2).
+/// let z = array![[1.0, 0.0], [0.0, 1.0]];
+/// let e = 1f64.exp();
+/// let expected = -((e / (e + 2.0)).ln() + 2.0 * (1.0 - 1.0 / (e + 2.0)).ln());
+/// assert!((uel_loss(z.view(), z.view(), 1.0).unwrap() - expected).abs() < 1e-14);
+/// ```
+pub fn uel_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: F) -> Result<F> {
+    check_inputs(z_p, z_q, tau)?;
+    Ok(uel_loss_forward_backward(z_p, z_q, tau).value)
+}
+
+/// `logsumexp` of `row` over all entries except `skip` (the diagonal is
+/// already `-inf`).
+fn logsumexp_without<F: Real>(row: ArrayView1<'_, F>, skip: usize) -> F {
+    let mut r = row.to_owned();
+    r[skip] = F::neg_infinity();
+    logsumexp(r.view())
+}
+
+/// Value and both stop-gradient "gradients", on validated input
+/// (see [`super::loss_forward_backward`]).
+pub fn uel_loss_forward_backward<F: Real>(
+    z_p: ArrayView2<'_, F>,
+    z_q: ArrayView2<'_, F>,
+    tau: F,
+) -> LossOutput<F> {
+    let n = z_p.nrows();
+    let two_n = 2 * n;
+    let x = stack_rows(z_p, z_q);
+    let mut sim = x.dot(&x.t()) / tau;
+    for a in 0..two_n {
+        sim[[a, a]] = F::neg_infinity();
+    }
+    let half = F::c(0.5);
+    let mut value = F::zero();
+    // ∂l_a/∂s[a,c], row by row.
+    let mut g = Array2::zeros((two_n, two_n));
+    for a in 0..two_n {
+        let row = sim.row(a);
+        let lse = logsumexp(row);
+        let pa = pos(a, n);
+        let mut row_loss = lse - row[pa]; // −log p[a,pos]
+        let mut odds_sum = F::zero();
+        for b in 0..two_n {
+            if b == a || b == pa {
+                continue;
+            }
+            let p = (row[b] - lse).exp();
+            let (log_one_minus_p, odds) = if p <= half {
+                ((-p).ln_1p(), p / (F::one() - p))
+            } else {
+                let lse_excl = logsumexp_without(row, b);
+                (lse_excl - lse, (row[b] - lse_excl).exp())
+            };
+            row_loss -= log_one_minus_p;
+            odds_sum += odds;
+            g[[a, b]] = odds;
+        }
+        value += row_loss;
+        for c in 0..two_n {
+            if c == a {
+                continue;
+            }
+            let p = (row[c] - lse).exp();
+            g[[a, c]] += p * (F::one() - odds_sum);
+        }
+        g[[a, pa]] -= F::one();
+    }
+    let inv_2n = F::one() / F::c(two_n as f64);
+    value *= inv_2n;
+    let d_x = g.dot(&x) * (inv_2n / tau);
+    LossOutput {
+        value,
+        grad_z_p: d_x.slice(s![..n, ..]).to_owned(),
+        grad_z_q: d_x.slice(s![n.., ..]).to_owned(),
+    }
+}
