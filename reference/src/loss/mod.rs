@@ -131,7 +131,7 @@ pub fn loss_value<F: Real>(
 /// ```
 /// use ndarray::array;
 /// use clae_reference::loss::{loss_forward_backward, LossKind};
-/// let z_p = array![[1.0, 0.0], [0.0, 1.0]];
+/// let z_p = array![[1.0f64, 0.0], [0.0, 1.0]];
 /// let out = loss_forward_backward(LossKind::SimClr, z_p.view(), z_p.view(), 0.5).unwrap();
 /// assert!(out.value.is_finite());
 /// assert_eq!(out.grad_z_q.dim(), (2, 2));

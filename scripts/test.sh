@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The full test suite: formatting, lints, every test and doctest of the
+# workspace, and the docs with warnings denied. Runs setup first.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+step() { printf '\n==> %s\n' "$*"; }
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets -- -D warnings
+step "cargo test (all crates, tests and doctests)"
+cargo test --workspace
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+step "all checks passed"
