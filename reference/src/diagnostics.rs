@@ -67,7 +67,11 @@ pub fn effective_rank<F: Real>(z: ArrayView2<'_, F>) -> Result<f64> {
 /// let a = alignment(array![[1.0, 0.0]].view(), array![[0.0, 1.0]].view(), 2.0).unwrap();
 /// assert!((a - 2.0).abs() < 1e-12);
 /// ```
-pub fn alignment<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, alpha: f64) -> Result<f64> {
+pub fn alignment<F: Real>(
+    z_p: ArrayView2<'_, F>,
+    z_q: ArrayView2<'_, F>,
+    alpha: f64,
+) -> Result<f64> {
     if z_p.dim() != z_q.dim() {
         return Err(ClaeError::ShapeMismatch {
             what: "second embedding batch".into(),
@@ -107,7 +111,12 @@ pub fn uniformity<F: Real>(z: ArrayView2<'_, F>, t: f64) -> Result<f64> {
     let mut exponents = Vec::with_capacity(n * (n - 1) / 2);
     for i in 0..n {
         for j in (i + 1)..n {
-            let d2: f64 = z64.row(i).iter().zip(z64.row(j)).map(|(a, b)| (a - b) * (a - b)).sum();
+            let d2: f64 = z64
+                .row(i)
+                .iter()
+                .zip(z64.row(j))
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
             exponents.push(-t * d2);
         }
     }

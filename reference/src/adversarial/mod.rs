@@ -162,7 +162,13 @@ fn check_inputs<F: Real>(
 /// `g = dL(W, z)/dX` for a forward pass of `X` through the adv branch,
 /// with the anchors `W` constant: the loss's gradient w.r.t. its second
 /// argument, back-propagated to the input only.
-fn grad_from_forward<F: Real>(mlp: &Mlp<F>, w: ArrayView2<'_, F>, fwd_x: &Forward<F>, loss: LossKind, tau: F) -> Array2<F> {
+fn grad_from_forward<F: Real>(
+    mlp: &Mlp<F>,
+    w: ArrayView2<'_, F>,
+    fwd_x: &Forward<F>,
+    loss: LossKind,
+    tau: F,
+) -> Array2<F> {
     let out = loss_forward_backward_unchecked(loss, w, fwd_x.z.view(), tau);
     let back = mlp.backward_unchecked(
         fwd_x,
@@ -204,9 +210,16 @@ pub fn input_gradient<F: Real>(
 /// (`min(max(x + eta sign(g), start − eps), start + eps)`, the projection
 /// onto the L∞ ball as RoCL/ACL write it). With `k = 1, eta = eps` the PGD
 /// step equals the FGSM step exactly.
-fn sign_step<F: Real>(x: &mut Array2<F>, g: &Array2<F>, start: ArrayView2<'_, F>, cfg: &AdvConfig<F>) {
+fn sign_step<F: Real>(
+    x: &mut Array2<F>,
+    g: &Array2<F>,
+    start: ArrayView2<'_, F>,
+    cfg: &AdvConfig<F>,
+) {
     match cfg.attack {
-        Attack::Fgsm => Zip::from(x).and(g).for_each(|x, &g| *x += cfg.eps * sign(g)),
+        Attack::Fgsm => Zip::from(x)
+            .and(g)
+            .for_each(|x, &g| *x += cfg.eps * sign(g)),
         Attack::Pgd { eta, .. } => Zip::from(x).and(g).and(start).for_each(|x, &g, &s| {
             let stepped = *x + eta * sign(g);
             let lower = s - cfg.eps;
@@ -219,7 +232,15 @@ fn sign_step<F: Real>(x: &mut Array2<F>, g: &Array2<F>, start: ArrayView2<'_, F>
 
 fn apply_clamp<F: Real>(x: &mut Array2<F>, clamp: Option<(F, F)>) {
     if let Some((lo, hi)) = clamp {
-        x.mapv_inplace(|v| if v < lo { lo } else if v > hi { hi } else { v });
+        x.mapv_inplace(|v| {
+            if v < lo {
+                lo
+            } else if v > hi {
+                hi
+            } else {
+                v
+            }
+        });
     }
 }
 
@@ -299,7 +320,9 @@ pub fn adversarial_view_authors<F: Real>(
     cfg: &AdvConfig<F>,
 ) -> Result<AdvView<F>> {
     check_inputs(mlp, p, q, tau, cfg)?;
-    Ok(adversarial_view_authors_unchecked(mlp, p, q, loss, tau, cfg))
+    Ok(adversarial_view_authors_unchecked(
+        mlp, p, q, loss, tau, cfg,
+    ))
 }
 
 pub(crate) fn adversarial_view_authors_unchecked<F: Real>(
@@ -328,7 +351,14 @@ pub(crate) fn adversarial_view_authors_unchecked<F: Real>(
         let out = loss_forward_backward_unchecked(loss, fwd_p.z.view(), fwd_x.z.view(), tau);
         // The public code back-propagates into both forwards; the parameter
         // gradients are computed and thrown away.
-        let _discarded = mlp.backward_unchecked(&fwd_p, out.grad_z_p.view(), Need { params: true, input: false });
+        let _discarded = mlp.backward_unchecked(
+            &fwd_p,
+            out.grad_z_p.view(),
+            Need {
+                params: true,
+                input: false,
+            },
+        );
         let back = mlp.backward_unchecked(&fwd_x, out.grad_z_q.view(), full);
         let g = back.input.expect("input gradient was asked for");
         sign_step(&mut x, &g, start, cfg);

@@ -194,7 +194,12 @@ impl<F: Real> Optimizer<F> {
             check::finite(&format!("gradient of {}", names[i]), g.view())?;
         }
         let config = self.config;
-        for ((mut p, g), state) in mlp.parameters_mut().into_iter().zip(&grads.tensors).zip(&mut self.state) {
+        for ((mut p, g), state) in mlp
+            .parameters_mut()
+            .into_iter()
+            .zip(&grads.tensors)
+            .zip(&mut self.state)
+        {
             let Some(g) = g else { continue };
             if g.shape() != p.shape() {
                 return Err(ClaeError::ShapeMismatch {
@@ -220,7 +225,9 @@ impl<F: Real> Optimizer<F> {
                             Some(ParamState::Sgd {
                                 momentum_buffer: Some(b),
                             }) => {
-                                Zip::from(&mut *b).and(&d_p).for_each(|b, &d| *b = *b * mu + d);
+                                Zip::from(&mut *b)
+                                    .and(&d_p)
+                                    .for_each(|b, &d| *b = *b * mu + d);
                                 b.clone()
                             }
                             _ => {
@@ -270,9 +277,15 @@ impl<F: Real> Optimizer<F> {
                     let w2 = F::c(1.0 - beta2);
                     // torch: exp_avg.lerp_(grad, 1 − β1); ATen's lerp for weight < 0.5 is m + w (g − m)
                     Zip::from(&mut *exp_avg).and(&grad).for_each(|m, &g| {
-                        *m = if 1.0 - beta1 < 0.5 { *m + w1 * (g - *m) } else { g - (g - *m) * (F::one() - w1) }
+                        *m = if 1.0 - beta1 < 0.5 {
+                            *m + w1 * (g - *m)
+                        } else {
+                            g - (g - *m) * (F::one() - w1)
+                        }
                     });
-                    Zip::from(&mut *exp_avg_sq).and(&grad).for_each(|v, &g| *v = *v * b2 + g * g * w2);
+                    Zip::from(&mut *exp_avg_sq)
+                        .and(&grad)
+                        .for_each(|v, &g| *v = *v * b2 + g * g * w2);
                     let t = *step as i32;
                     let bias_correction1 = 1.0 - beta1.powi(t);
                     let bias_correction2 = 1.0 - beta2.powi(t);
@@ -310,7 +323,10 @@ impl<F: Real> Optimizer<F> {
                     exp_avg,
                     exp_avg_sq,
                 }) => {
-                    entries.push(buffer(format!("{name}.step"), ArrayD::from_elem(vec![], F::c(*step as f64))));
+                    entries.push(buffer(
+                        format!("{name}.step"),
+                        ArrayD::from_elem(vec![], F::c(*step as f64)),
+                    ));
                     entries.push(buffer(format!("{name}.exp_avg"), exp_avg.clone()));
                     entries.push(buffer(format!("{name}.exp_avg_sq"), exp_avg_sq.clone()));
                 }

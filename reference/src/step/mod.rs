@@ -88,7 +88,11 @@ fn backprop_into<F: Real>(mlp: &Mlp<F>, grads: &mut MlpGrads<F>, fwd: &Forward<F
     grads.accumulate(&back.params.expect("parameter gradients were asked for"));
 }
 
-fn clean_forwards<F: Real>(mlp: &mut Mlp<F>, p: ArrayView2<'_, F>, q: ArrayView2<'_, F>) -> (Forward<F>, Forward<F>) {
+fn clean_forwards<F: Real>(
+    mlp: &mut Mlp<F>,
+    p: ArrayView2<'_, F>,
+    q: ArrayView2<'_, F>,
+) -> (Forward<F>, Forward<F>) {
     let fwd_p = mlp.forward_unchecked(p, Mode::Train(Branch::Clean));
     mlp.update_running_stats(&fwd_p);
     let fwd_q = mlp.forward_unchecked(q, Mode::Train(Branch::Clean));
@@ -142,7 +146,8 @@ pub fn clae_gradients<F: Real>(
     check::pair(("P", p), ("Q", q), Some(mlp.config().d_in))?;
     let (loss, tau, alpha) = (cfg.loss, cfg.tau, cfg.alpha);
     let (fwd_p, fwd_q) = clean_forwards(mlp, p, q);
-    let clean: LossOutput<F> = loss_forward_backward_unchecked(loss, fwd_p.z.view(), fwd_q.z.view(), tau);
+    let clean: LossOutput<F> =
+        loss_forward_backward_unchecked(loss, fwd_p.z.view(), fwd_q.z.view(), tau);
     let mut grads = MlpGrads::empty(mlp);
     let (q_adv, adv_loss) = match cfg.recipe {
         Recipe::Lean => {
