@@ -1,0 +1,277 @@
+//! The small interface the suite is written against, once, and its
+//! implementation for the reference. Every backend takes and returns `f64`
+//! arrays and runs internally in its own precision (and device): the suite
+//! compares numbers, not types.
+
+use clae_reference::adversarial::{AdvConfig, Recipe};
+use clae_reference::encoder::{Mlp, MlpConfig, Mode};
+use clae_reference::loss::{LossKind, LossOutput};
+use clae_reference::optim::{Optimizer, OptimizerConfig};
+use clae_reference::state::StateDict;
+use clae_reference::step::{clae_step, plain_step, ClaeConfig, StepReport};
+use clae_reference::{Real, Result};
+use ndarray::Array2;
+use std::marker::PhantomData;
+
+/// Floating-point precision a backend computes in (selects SPEC 8's tolerance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precision {
+    /// `f32` (or CUDA `f32` with TF32 off).
+    F32,
+    /// `f64`.
+    F64,
+}
+
+/// An encoder to run: its shape and every parameter and buffer, in `f64`
+/// (a backend in `f32` rounds on load).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Shape and BatchNorm constants.
+    pub config: MlpConfig,
+    /// Parameters and buffers in the reference's layout.
+    pub state: StateDict<f64>,
+}
+
+/// Which training step to run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepKind {
+    /// Plain contrastive step with this loss and temperature.
+    Plain {
+        /// The loss.
+        loss: LossKind,
+        /// Its temperature.
+        tau: f64,
+    },
+    /// CLAE step.
+    Clae(ClaeConfig<f64>),
+}
+
+/// The result of several training steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trained {
+    /// One report per step, in order.
+    pub reports: Vec<StepReport<f64>>,
+    /// Parameters and buffers after the last step.
+    pub state: StateDict<f64>,
+    /// Optimizer state after the last step (names as in the reference:
+    /// `<param>.momentum_buffer`, `<param>.step`, `<param>.exp_avg`, `<param>.exp_avg_sq`).
+    pub optimizer: StateDict<f64>,
+}
+
+/// One implementation under test.
+pub trait Backend {
+    /// Human-readable name, e.g. `reference f64`, `tch CPU f32`.
+    fn name(&self) -> String;
+    /// Precision of its arithmetic.
+    fn precision(&self) -> Precision;
+    /// `f(x)` in the given mode, `N x d`.
+    fn embed(&self, model: &Model, x: &Array2<f64>, mode: Mode) -> Result<Array2<f64>>;
+    /// A loss and its gradients w.r.t. both embedding sets.
+    fn loss(
+        &self,
+        kind: LossKind,
+        z_p: &Array2<f64>,
+        z_q: &Array2<f64>,
+        tau: f64,
+    ) -> Result<LossOutput<f64>>;
+    /// SPEC 4's `g = d/dX L(sg(f_adv(P)), f_adv(X))`.
+    fn input_gradient(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        x: &Array2<f64>,
+        kind: LossKind,
+        tau: f64,
+    ) -> Result<Array2<f64>>;
+    /// SPEC 4's `Q_adv` by a recipe, with the input gradient of every sign step.
+    #[allow(clippy::too_many_arguments)]
+    fn adversarial_view(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        q: &Array2<f64>,
+        kind: LossKind,
+        tau: f64,
+        adv: &AdvConfig<f64>,
+        recipe: Recipe,
+    ) -> Result<(Array2<f64>, Vec<Array2<f64>>)>;
+    /// `batches.len()` training steps from `model` with a fresh optimizer.
+    fn train(
+        &self,
+        model: &Model,
+        optimizer: OptimizerConfig,
+        step: StepKind,
+        batches: &[(Array2<f64>, Array2<f64>)],
+    ) -> Result<Trained>;
+}
+
+/// The pure-ndarray reference in precision `F`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reference<F>(PhantomData<F>);
+
+impl<F: Real> Reference<F> {
+    /// The reference in `F`.
+    pub fn new() -> Self {
+        Reference(PhantomData)
+    }
+
+    fn mlp(model: &Model) -> Result<Mlp<F>> {
+        Mlp::from_state_dict(model.config, &model.state.cast())
+    }
+}
+
+fn to_f<F: Real>(a: &Array2<f64>) -> Array2<F> {
+    a.mapv(F::c)
+}
+
+fn to_f64<F: Real>(a: &Array2<F>) -> Array2<f64> {
+    a.mapv(|v| v.as_f64())
+}
+
+fn adv_to_f<F: Real>(adv: &AdvConfig<f64>) -> AdvConfig<F> {
+    use clae_reference::adversarial::Attack;
+    AdvConfig {
+        eps: F::c(adv.eps),
+        start: adv.start,
+        attack: match adv.attack {
+            Attack::Fgsm => Attack::Fgsm,
+            Attack::Pgd { steps, eta } => Attack::Pgd {
+                steps,
+                eta: F::c(eta),
+            },
+        },
+        clamp: adv.clamp.map(|(lo, hi)| (F::c(lo), F::c(hi))),
+    }
+}
+
+impl<F: Real> Backend for Reference<F> {
+    fn name(&self) -> String {
+        format!("reference {}", F::NAME)
+    }
+
+    fn precision(&self) -> Precision {
+        if F::NAME == "f64" {
+            Precision::F64
+        } else {
+            Precision::F32
+        }
+    }
+
+    fn embed(&self, model: &Model, x: &Array2<f64>, mode: Mode) -> Result<Array2<f64>> {
+        let mlp = Self::mlp(model)?;
+        Ok(to_f64(&mlp.forward(to_f::<F>(x).view(), mode)?.z))
+    }
+
+    fn loss(
+        &self,
+        kind: LossKind,
+        z_p: &Array2<f64>,
+        z_q: &Array2<f64>,
+        tau: f64,
+    ) -> Result<LossOutput<f64>> {
+        let out = clae_reference::loss::loss_forward_backward(
+            kind,
+            to_f::<F>(z_p).view(),
+            to_f::<F>(z_q).view(),
+            F::c(tau),
+        )?;
+        Ok(LossOutput {
+            value: out.value.as_f64(),
+            grad_z_p: to_f64(&out.grad_z_p),
+            grad_z_q: to_f64(&out.grad_z_q),
+        })
+    }
+
+    fn input_gradient(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        x: &Array2<f64>,
+        kind: LossKind,
+        tau: f64,
+    ) -> Result<Array2<f64>> {
+        let mlp = Self::mlp(model)?;
+        let g = clae_reference::adversarial::input_gradient(
+            &mlp,
+            to_f::<F>(p).view(),
+            to_f::<F>(x).view(),
+            kind,
+            F::c(tau),
+        )?;
+        Ok(to_f64(&g))
+    }
+
+    fn adversarial_view(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        q: &Array2<f64>,
+        kind: LossKind,
+        tau: f64,
+        adv: &AdvConfig<f64>,
+        recipe: Recipe,
+    ) -> Result<(Array2<f64>, Vec<Array2<f64>>)> {
+        let mut mlp = Self::mlp(model)?;
+        let (p, q, adv) = (to_f::<F>(p), to_f::<F>(q), adv_to_f::<F>(adv));
+        let view = match recipe {
+            Recipe::Lean => clae_reference::adversarial::adversarial_view(
+                &mlp,
+                p.view(),
+                q.view(),
+                kind,
+                F::c(tau),
+                &adv,
+            )?,
+            Recipe::Authors => clae_reference::adversarial::adversarial_view_authors(
+                &mut mlp,
+                p.view(),
+                q.view(),
+                kind,
+                F::c(tau),
+                &adv,
+            )?,
+        };
+        Ok((to_f64(&view.q_adv), view.grads.iter().map(to_f64).collect()))
+    }
+
+    fn train(
+        &self,
+        model: &Model,
+        optimizer: OptimizerConfig,
+        step: StepKind,
+        batches: &[(Array2<f64>, Array2<f64>)],
+    ) -> Result<Trained> {
+        let mut mlp = Self::mlp(model)?;
+        let mut opt = Optimizer::new(optimizer, &mlp)?;
+        let mut reports = Vec::with_capacity(batches.len());
+        for (p, q) in batches {
+            let (p, q) = (to_f::<F>(p), to_f::<F>(q));
+            let r = match step {
+                StepKind::Plain { loss, tau } => {
+                    plain_step(&mut mlp, &mut opt, p.view(), q.view(), loss, F::c(tau))?
+                }
+                StepKind::Clae(c) => {
+                    let cfg = ClaeConfig {
+                        loss: c.loss,
+                        tau: F::c(c.tau),
+                        alpha: F::c(c.alpha),
+                        adv: adv_to_f::<F>(&c.adv),
+                        recipe: c.recipe,
+                    };
+                    clae_step(&mut mlp, &mut opt, p.view(), q.view(), &cfg)?
+                }
+            };
+            reports.push(StepReport {
+                loss_clean: r.loss_clean.as_f64(),
+                loss_adv: r.loss_adv.map(|v| v.as_f64()),
+                total: r.total.as_f64(),
+                q_adv: r.q_adv.as_ref().map(to_f64),
+            });
+        }
+        Ok(Trained {
+            reports,
+            state: mlp.state_dict().cast(),
+            optimizer: opt.state_dict(&mlp).cast(),
+        })
+    }
+}

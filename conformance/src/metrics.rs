@@ -1,0 +1,227 @@
+//! SPEC 8's error measures, the sign rule, and the table of largest errors
+//! a run prints at its end.
+
+use crate::backend::Precision;
+use ndarray::{Array2, Zip};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// `err(a, b) = max|a − b| / max|b|` over all entries (`b` the reference
+/// side). Where `max|b| = 0`, `a` must be exactly zero: the error is then 0
+/// or infinite. Shapes must agree (`None` otherwise).
+///
+/// ```
+/// use clae_conformance::metrics::rel_err;
+/// assert!((rel_err(&[1.0, 2.1], &[1.0, 2.0]).unwrap() - 0.05).abs() < 1e-12);
+/// assert_eq!(rel_err(&[0.0], &[0.0]), Some(0.0));
+/// assert_eq!(rel_err(&[1e-30], &[0.0]), Some(f64::INFINITY));
+/// ```
+pub fn rel_err(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    if diff.is_nan() {
+        return Some(f64::INFINITY);
+    }
+    Some(if scale == 0.0 {
+        if diff == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        diff / scale
+    })
+}
+
+/// [`rel_err`] of two matrices (infinite if their shapes differ).
+pub fn rel_err2(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    if a.dim() != b.dim() {
+        return f64::INFINITY;
+    }
+    rel_err(
+        &a.iter().copied().collect::<Vec<_>>(),
+        &b.iter().copied().collect::<Vec<_>>(),
+    )
+    .unwrap_or(f64::INFINITY)
+}
+
+/// SPEC 8's tolerances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Values and gradients after one step.
+    pub one_step: f64,
+    /// Multi-step trajectories (`None`: not compared at this precision).
+    pub trajectory: Option<f64>,
+    /// Relative threshold below which a sign of `g` is excused.
+    pub sign_threshold: f64,
+}
+
+impl Tolerance {
+    /// The tolerance for comparing a backend of precision `test` against a
+    /// reference of precision `reference` (CUDA f32 behaves as f32).
+    pub fn between(test: Precision, reference: Precision) -> Self {
+        match (test, reference) {
+            (Precision::F64, Precision::F64) => Tolerance {
+                one_step: 1e-10,
+                trajectory: Some(1e-8),
+                sign_threshold: 1e-6,
+            },
+            _ => Tolerance {
+                one_step: 1e-4,
+                trajectory: None,
+                sign_threshold: 1e-3,
+            },
+        }
+    }
+}
+
+/// Outcome of comparing two sign patterns under SPEC 8's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignReport {
+    /// Entries compared.
+    pub total: usize,
+    /// Entries with `|g_ref| <= threshold · max|g_ref|`, where either sign is accepted.
+    pub excused: usize,
+    /// Non-excused entries whose signs differ (must be 0).
+    pub mismatched: usize,
+}
+
+/// `torch.sign`.
+pub fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Compares `sign(g_test)` with `sign(g_ref)` where `|g_ref| > threshold · max|g_ref|`.
+pub fn compare_signs(g_test: &Array2<f64>, g_ref: &Array2<f64>, threshold: f64) -> SignReport {
+    let max = g_ref.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let cut = threshold * max;
+    let mut r = SignReport {
+        total: g_ref.len(),
+        ..Default::default()
+    };
+    Zip::from(g_test).and(g_ref).for_each(|&t, &f| {
+        if f.abs() <= cut {
+            r.excused += 1;
+        } else if sign(t) != sign(f) {
+            r.mismatched += 1;
+        }
+    });
+    r
+}
+
+/// Compares two adversarial views: equal to `tol` (relative to `max|ref|`)
+/// except where the sign was excused, where they may differ by `2 eps`.
+/// Returns the largest error over non-excused entries, relative to the
+/// view's scale, and the number of entries that broke either bound.
+pub fn compare_views(
+    q_test: &Array2<f64>,
+    q_ref: &Array2<f64>,
+    excused: &Array2<bool>,
+    eps: f64,
+    tol: f64,
+) -> (f64, usize) {
+    let scale = q_ref
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    let mut worst = 0.0f64;
+    let mut bad = 0;
+    Zip::from(q_test)
+        .and(q_ref)
+        .and(excused)
+        .for_each(|&t, &r, &ex| {
+            let diff = (t - r).abs();
+            if ex {
+                if diff > 2.0 * eps + tol * scale {
+                    bad += 1;
+                }
+            } else {
+                worst = worst.max(diff / scale);
+                if diff > tol * scale || diff.is_nan() {
+                    bad += 1;
+                }
+            }
+        });
+    (worst, bad)
+}
+
+/// Largest error and case count per (backend pair, quantity).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stat {
+    /// Cases compared.
+    pub cases: usize,
+    /// Largest relative error seen.
+    pub max_err: f64,
+    /// Sign entries excused (for sign-rule quantities).
+    pub excused: usize,
+    /// Sign entries compared (for sign-rule quantities).
+    pub compared: usize,
+}
+
+static TABLE: Mutex<BTreeMap<(String, String), Stat>> = Mutex::new(BTreeMap::new());
+
+/// Records one comparison.
+pub fn record(pair: &str, quantity: &str, err: f64) {
+    let mut t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let s = t
+        .entry((pair.to_string(), quantity.to_string()))
+        .or_default();
+    s.cases += 1;
+    if err > s.max_err || err.is_nan() {
+        s.max_err = err;
+    }
+}
+
+/// Records a sign comparison's excused and compared counts.
+pub fn record_signs(pair: &str, quantity: &str, r: SignReport) {
+    let mut t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let s = t
+        .entry((pair.to_string(), quantity.to_string()))
+        .or_default();
+    s.cases += 1;
+    s.excused += r.excused;
+    s.compared += r.total;
+    let frac = if r.total == 0 {
+        0.0
+    } else {
+        r.mismatched as f64 / r.total as f64
+    };
+    if frac > s.max_err {
+        s.max_err = frac;
+    }
+}
+
+/// The table so far, as Markdown.
+pub fn table() -> String {
+    let t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::from("| backend pair | quantity | cases | max rel. error | excused signs |\n|---|---|---:|---:|---:|\n");
+    for ((pair, q), s) in t.iter() {
+        let excused = if s.compared > 0 {
+            format!(
+                "{} / {} ({:.3}%)",
+                s.excused,
+                s.compared,
+                100.0 * s.excused as f64 / s.compared as f64
+            )
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "| {pair} | {q} | {} | {:.2e} | {excused} |\n",
+            s.cases, s.max_err
+        ));
+    }
+    out
+}
