@@ -57,7 +57,7 @@ pub fn batchnorm_forward_train<F: Real>(
     let var_unbiased = &sq_sum / (n - F::one());
     let inv_std = var_biased.mapv(|v| F::one() / (v + F::c(eps_bn)).sqrt());
     let x_hat = &centered * &inv_std;
-    let y = &x_hat * &gamma + &beta;
+    let y = &x_hat * &gamma + beta;
     (
         y,
         BnCache {
@@ -90,7 +90,7 @@ pub fn batchnorm_forward_eval<F: Real>(
 ) -> (Array2<F>, BnCache<F>) {
     let inv_std = running_var.mapv(|v| F::one() / (v + F::c(eps_bn)).sqrt());
     let x_hat = (&x - &running_mean) * &inv_std;
-    let y = &x_hat * &gamma + &beta;
+    let y = &x_hat * &gamma + beta;
     (
         y,
         BnCache {

@@ -170,6 +170,40 @@ pub(crate) fn logsumexp<F: Real>(row: ArrayView1<'_, F>) -> F {
     m + row.iter().map(|&v| (v - m).exp()).sum::<F>().ln()
 }
 
+/// `−log softmax(row)[t] = logsumexp(row) − row[t]`, given `lse = logsumexp(row)`.
+///
+/// When `row[t]` is the row maximum (the target dominates — an aligned pair,
+/// small `tau`) that difference cancels catastrophically: at `tau = 0.01`
+/// in `f32` it rounds a loss of `1e-10` to exactly 0. It is then computed as
+/// `log1p(Σ_{c≠t} exp(row[c] − row[t]))`, every exponent `<= 0`.
+/// Otherwise `p[t] <= 1/2`, the value is `>= ln 2` and the difference is
+/// accurate.
+pub(crate) fn neg_log_softmax<F: Real>(row: ArrayView1<'_, F>, lse: F, t: usize) -> F {
+    let target = row[t];
+    if row.iter().all(|&v| v <= target) {
+        row.iter()
+            .enumerate()
+            .filter(|&(c, _)| c != t)
+            .map(|(_, &v)| (v - target).exp())
+            .sum::<F>()
+            .ln_1p()
+    } else {
+        lse - target
+    }
+}
+
+/// `1 − p[t]` for one row of softmax probabilities `p` (masked entries 0),
+/// written as `Σ_{c≠t} p[c]`: the same number, without the cancellation
+/// of `1 − p[t]` when `p[t]` is close to 1 (the gradient of an aligned
+/// pair would otherwise be rounding noise).
+pub(crate) fn softmax_complement<F: Real>(p: ArrayView1<'_, F>, t: usize) -> F {
+    p.iter()
+        .enumerate()
+        .filter(|&(c, _)| c != t)
+        .map(|(_, &v)| v)
+        .sum()
+}
+
 /// Row-wise softmax with the maximum subtracted; `-inf` entries get 0.
 pub(crate) fn softmax_rows<F: Real>(s: ArrayView2<'_, F>) -> (Array2<F>, Array1<F>) {
     let mut a = s.to_owned();

@@ -6,7 +6,7 @@
 //! A = rowsoftmax(S):   dL/dZ_P = (A − I) Z_Q / (N tau),   dL/dZ_Q = (A − I)ᵀ Z_P / (N tau)
 //! ```
 
-use super::{check_inputs, softmax_rows, LossOutput};
+use super::{check_inputs, neg_log_softmax, softmax_complement, softmax_rows, LossOutput};
 use crate::error::Result;
 use crate::real::Real;
 use ndarray::ArrayView2;
@@ -36,10 +36,13 @@ pub fn plain_loss_forward_backward<F: Real>(
     let nf = F::c(n as f64);
     let s = z_p.dot(&z_q.t()) / tau;
     let (mut a, lse) = softmax_rows(s.view());
-    let value = (0..n).map(|i| lse[i] - s[[i, i]]).sum::<F>() / nf;
-    // A − I, then the two products.
+    let value = (0..n)
+        .map(|i| neg_log_softmax(s.row(i), lse[i], i))
+        .sum::<F>()
+        / nf;
+    // A − I, then the two products; A[i,i] − 1 = −Σ_{k≠i} A[i,k] (no cancellation).
     for i in 0..n {
-        a[[i, i]] -= F::one();
+        a[[i, i]] = -softmax_complement(a.row(i), i);
     }
     let scale = F::one() / (nf * tau);
     let grad_z_p = a.dot(&z_q) * scale;

@@ -12,7 +12,9 @@
 //! `n`, which removes each row's radial component. On unit-norm inputs the
 //! value equals the plain-dot-product value, but the gradient is tangential.
 
-use super::{check_inputs, logsumexp, pos, stack_rows, LossOutput};
+use super::{
+    check_inputs, logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput,
+};
 use crate::error::Result;
 use crate::layers::{l2_normalize_backward, l2_normalize_forward};
 use crate::real::Real;
@@ -59,13 +61,15 @@ pub fn simclr_loss_forward_backward<F: Real>(
     for a in 0..two_n {
         let row = sim.row(a);
         let lse = logsumexp(row);
-        value += lse - row[pos(a, n)];
+        let pa = pos(a, n);
+        value += neg_log_softmax(row, lse, pa);
+        // softmax over b ≠ a (the masked diagonal gives exp(−inf) = 0)
+        let p = row.mapv(|v| (v - lse).exp());
         for b in 0..two_n {
-            if b != a {
-                g[[a, b]] = (row[b] - lse).exp() * inv_2n;
-            }
+            g[[a, b]] = p[b] * inv_2n;
         }
-        g[[a, pos(a, n)]] -= inv_2n;
+        // p[pos] − 1 = −Σ_{b∉{a,pos}} p[b] (no cancellation when p[pos] ≈ 1)
+        g[[a, pa]] = -softmax_complement(p.view(), pa) * inv_2n;
     }
     value *= inv_2n;
     let sym = &g + &g.t();

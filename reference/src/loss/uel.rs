@@ -15,12 +15,32 @@
 //! dL/dX[a]     = (1/(2N tau)) Σ_c ∂l_a/∂s[a,c] X[c]
 //! ```
 //!
-//! Stability: `p` comes from a max-subtracted softmax; `log(1 − p)` is
-//! `log1p(−p)` when `p <= 1/2`, and otherwise (at most one such `b` per row)
-//! `logsumexp_{c∉{a,b}} s[a,c] − logsumexp_{c≠a} s[a,c]`, which never rounds
-//! `1 − p` to zero. The odds `r` use the same split.
+//! Stability: `p` comes from a max-subtracted softmax and `−log p[a,pos]`
+//! from [`super::neg_log_softmax`]; `log(1 − p)` is `log1p(−p)` when
+//! `p <= 1/2`, and otherwise (at most one such negative `b*` per row)
+//! `logsumexp_{c∉{a,b*}} s[a,c] − logsumexp_{c≠a} s[a,c]`, which never rounds
+//! `1 − p` to zero.
+//!
+//! The gradient needs the same care. When a negative `b*` dominates the row
+//! (a hard negative at small `tau`), its odds `r[a,b*]` are huge (`e^{199}`
+//! for a duplicate row at `tau = 0.01`: `inf` in `f32`) and the formula above
+//! subtracts two such numbers. With `R' = Σ_{b neg, b≠b*} r[a,b]` (each term
+//! `<= 1`) and `q[c] = exp s[a,c] / Σ_{c'∉{a,b*}} exp s[a,c']` the softmax
+//! without `b*`, using `p[a,c] r[a,b*] = p[a,b*] q[c]` it is rewritten with
+//! bounded terms only:
+//!
+//! ```text
+//! ∂l_a/∂s[a,b*] = p[a,b*] (2 − R')
+//! ∂l_a/∂s[a,c]  = −[c = pos(a)] + p[a,c] (1 − R') − p[a,b*] q[c] + [c neg] r[a,c]   (c ≠ b*)
+//! ```
+//!
+//! Without a dominant negative, `∂l_a/∂s[a,pos] = −(1 − p[a,pos]) − p[a,pos] R_a`
+//! with `1 − p[a,pos] = Σ_{c∉{a,pos}} p[a,c]`, which does not cancel when the
+//! positive dominates.
 
-use super::{check_inputs, logsumexp, pos, stack_rows, LossOutput};
+use super::{
+    check_inputs, logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput,
+};
 use crate::error::Result;
 use crate::real::Real;
 use ndarray::{s, Array2, ArrayView1, ArrayView2};
@@ -72,32 +92,39 @@ pub fn uel_loss_forward_backward<F: Real>(
         let row = sim.row(a);
         let lse = logsumexp(row);
         let pa = pos(a, n);
-        let mut row_loss = lse - row[pa]; // −log p[a,pos]
-        let mut odds_sum = F::zero();
-        for b in 0..two_n {
-            if b == a || b == pa {
-                continue;
-            }
-            let p = (row[b] - lse).exp();
-            let (log_one_minus_p, odds) = if p <= half {
-                ((-p).ln_1p(), p / (F::one() - p))
-            } else {
-                let lse_excl = logsumexp_without(row, b);
-                (lse_excl - lse, (row[b] - lse_excl).exp())
-            };
-            row_loss -= log_one_minus_p;
-            odds_sum += odds;
+        // p[c] = softmax over c ≠ a (the masked diagonal gives exp(−inf) = 0)
+        let p = row.mapv(|v| (v - lse).exp());
+        let is_neg = |b: usize| b != a && b != pa;
+        // the negative with p > 1/2, if there is one (there is at most one)
+        let dominant = (0..two_n).find(|&b| is_neg(b) && p[b] > half);
+        let mut row_loss = neg_log_softmax(row, lse, pa); // −log p[a,pos]
+                                                          // R (or R' when a negative dominates): odds of the other negatives
+        let mut odds_rest = F::zero();
+        for b in (0..two_n).filter(|&b| is_neg(b) && Some(b) != dominant) {
+            row_loss -= (-p[b]).ln_1p();
+            let odds = p[b] / (F::one() - p[b]);
+            odds_rest += odds;
             g[[a, b]] = odds;
         }
-        value += row_loss;
-        for c in 0..two_n {
-            if c == a {
-                continue;
+        match dominant {
+            None => {
+                for c in (0..two_n).filter(|&c| is_neg(c)) {
+                    g[[a, c]] += p[c] * (F::one() - odds_rest);
+                }
+                g[[a, pa]] = -softmax_complement(p.view(), pa) - p[pa] * odds_rest;
             }
-            let p = (row[c] - lse).exp();
-            g[[a, c]] += p * (F::one() - odds_sum);
+            Some(b) => {
+                let lse_excl = logsumexp_without(row, b);
+                row_loss -= lse_excl - lse; // −log(1 − p[a,b*])
+                for c in (0..two_n).filter(|&c| c != a && c != b) {
+                    let q = (row[c] - lse_excl).exp();
+                    g[[a, c]] += p[c] * (F::one() - odds_rest) - p[b] * q;
+                }
+                g[[a, b]] = p[b] * (F::c(2.0) - odds_rest);
+                g[[a, pa]] -= F::one();
+            }
         }
-        g[[a, pa]] -= F::one();
+        value += row_loss;
     }
     let inv_2n = F::one() / F::c(two_n as f64);
     value *= inv_2n;
