@@ -1,0 +1,300 @@
+//! The adversarial view of SPEC 4 (FGSM over the whole batch, and PGD) and
+//! the two recipes of SPEC 6 that compute it.
+//!
+//! ```text
+//! W     = sg( f_adv(P) )                      anchors through the adv BN branch
+//! g     = d/dX L( W, f_adv(X) )  at X = Q_start          (autograd)
+//! Q_adv = Q_start + eps * sign(g)             torch.sign: sign(0) = 0
+//! Q_adv = clamp(Q_adv, lo, hi)                only if a pixel range is given
+//! ```
+//!
+//! * **lean** ([`adversarial_view`]): the parameters' `requires_grad` is off
+//!   for the whole pass, so autograd records only the input's graph; with
+//!   `Q_start = P` one adv-mode forward gives both the anchors (detached) and
+//!   `f_adv(X)`; `torch.autograd.grad(L, X)` is a backward to the input only.
+//!   Batch statistics are used but no running statistics are updated.
+//! * **authors'** ([`adversarial_view_authors`]): as the public code, per
+//!   step `f_adv(P)` and `f_adv(X)` (a fresh leaf copied from `X`) in
+//!   training mode — each updating the adv BatchNorm running statistics —
+//!   then a full backward that also computes every parameter gradient
+//!   (discarded).
+//!
+//! Both give the same `g` and `Q_adv`: the anchors carry no gradient into
+//! `X` either way, and running statistics play no part in training mode.
+//! The vocabulary ([`AdvConfig`], [`Attack`], [`QStart`], [`Recipe`]) is the
+//! reference's.
+
+use crate::check;
+use crate::encoder::{gradients_of, Branch, Encoder, FrozenParameters, Mode};
+use crate::error::{Error, Result};
+use crate::loss::{loss_unchecked, LossKind};
+use clae_reference::Real;
+use tch::Tensor;
+
+pub use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};
+
+/// The view and the input gradients that made it.
+#[derive(Debug)]
+pub struct AdvView {
+    /// `Q_adv`, same shape as the views.
+    pub q_adv: Tensor,
+    /// `g` at every step (one for FGSM), same shape as the views.
+    pub grads: Vec<Tensor>,
+}
+
+/// The hyper-parameters of an [`AdvConfig`] in `f64`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Adv {
+    pub(crate) eps: f64,
+    pub(crate) start: QStart,
+    /// `(steps, eta)`; FGSM is `(1, eps)` without the projection.
+    pub(crate) pgd: Option<(usize, f64)>,
+    pub(crate) clamp: Option<(f64, f64)>,
+}
+
+impl Adv {
+    /// Validates `cfg` with the reference's own rules, then widens it.
+    pub(crate) fn new<F: Real>(cfg: &AdvConfig<F>) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Adv {
+            eps: cfg.eps.as_f64(),
+            start: cfg.start,
+            pgd: match cfg.attack {
+                Attack::Fgsm => None,
+                Attack::Pgd { steps, eta } => Some((steps, eta.as_f64())),
+            },
+            clamp: cfg.clamp.map(|(lo, hi)| (lo.as_f64(), hi.as_f64())),
+        })
+    }
+
+    fn steps(&self) -> usize {
+        self.pgd.map_or(1, |(k, _)| k)
+    }
+}
+
+/// Places both views on the encoder's device and precision and validates
+/// encoder, `tau`, config and views (the reference's order).
+pub(crate) fn prepare<E: Encoder + ?Sized, F: Real>(
+    enc: &E,
+    p: &Tensor,
+    q: &Tensor,
+    tau: f64,
+    cfg: &AdvConfig<F>,
+) -> Result<(Tensor, Tensor, Adv)> {
+    enc.validate()?;
+    check::tau(tau)?;
+    let adv = Adv::new(cfg)?;
+    let p = crate::convert::placed(p, enc.device(), enc.precision())?;
+    let q = crate::convert::placed(q, enc.device(), enc.precision())?;
+    check::pair(("P", &p), ("Q", &q), Some(&enc.input_shape()))?;
+    Ok((p, q, adv))
+}
+
+/// `x` as a fresh leaf that requires grad (`X = Q_start.clone().requires_grad_()`).
+fn leaf(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_detach()?.f_set_requires_grad(true)?)
+}
+
+fn one_gradient(output: &Tensor, input: &Tensor) -> Result<Tensor> {
+    gradients_of(output, &[input])?
+        .pop()
+        .flatten()
+        .ok_or_else(|| Error::Torch("the loss does not depend on the input".into()))
+}
+
+/// One sign step from `x`, without autograd: FGSM `x + eps·sign(g)`, or a PGD
+/// step `min(max(x + eta·sign(g), start − eps), start + eps)`.
+fn sign_step(x: &Tensor, g: &Tensor, start: &Tensor, adv: &Adv) -> Result<Tensor> {
+    tch::no_grad(|| match adv.pgd {
+        None => Ok(x.f_add(&g.f_sign()?.f_mul_scalar(adv.eps)?)?),
+        Some((_, eta)) => {
+            let stepped = x.f_add(&g.f_sign()?.f_mul_scalar(eta)?)?;
+            let lower = start.f_sub_scalar(adv.eps)?;
+            let upper = start.f_add_scalar(adv.eps)?;
+            Ok(stepped.f_maximum(&lower)?.f_minimum(&upper)?)
+        }
+    })
+}
+
+fn apply_clamp(x: Tensor, adv: &Adv) -> Result<Tensor> {
+    match adv.clamp {
+        Some((lo, hi)) => Ok(tch::no_grad(|| x.f_clamp(lo, hi))?),
+        None => Ok(x),
+    }
+}
+
+/// The input gradient `g = d/dX L(sg(f_adv(P)), f_adv(X))` of SPEC 4, both
+/// forwards in training mode through the adv branch, no side effects.
+/// `p, x`: `N x …` (the encoder's image shape) → `g` of the same shape.
+///
+/// ```
+/// use clae_accelerated::{adversarial::input_gradient, device::Precision, mlp::Mlp};
+/// use clae_reference::{encoder::MlpConfig, loss::LossKind};
+/// let mlp = Mlp::new(MlpConfig::new(4, 6, 1, 3), 1, tch::Device::Cpu, Precision::F64).unwrap();
+/// let p = tch::Tensor::randn([3, 4], (tch::Kind::Double, tch::Device::Cpu));
+/// let g = input_gradient(&mlp, &p, &p, LossKind::Plain, 0.1).unwrap();
+/// assert_eq!(g.size(), vec![3, 4]);
+/// ```
+pub fn input_gradient<E: Encoder + ?Sized>(
+    enc: &E,
+    p: &Tensor,
+    x: &Tensor,
+    loss: LossKind,
+    tau: f64,
+) -> Result<Tensor> {
+    let (p, x, _) = prepare(enc, p, x, tau, &AdvConfig::fgsm(0.0f64))?;
+    let mode = Mode::Train(Branch::Adv);
+    let _frozen = FrozenParameters::new(enc)?;
+    tch::with_grad(|| {
+        let w = tch::no_grad(|| enc.forward_unchecked(&p, mode, false))?;
+        let x = leaf(&x)?;
+        let z = enc.forward_unchecked(&x, mode, false)?;
+        one_gradient(&loss_unchecked(loss, &w, &z, tau)?, &x)
+    })
+}
+
+/// The adversarial view by the **lean** recipe (SPEC 4 and 6), with no side
+/// effects: parameters frozen, one adv-mode forward per step (plus one for
+/// the anchors when `Q_start = Q`), input-only backward.
+///
+/// ```
+/// use clae_accelerated::{adversarial::{adversarial_view, AdvConfig}, device::Precision, mlp::Mlp};
+/// use clae_reference::{encoder::MlpConfig, loss::LossKind};
+/// let mlp = Mlp::new(MlpConfig::new(4, 6, 1, 3), 1, tch::Device::Cpu, Precision::F64).unwrap();
+/// let p = tch::Tensor::randn([3, 4], (tch::Kind::Double, tch::Device::Cpu));
+/// let view = adversarial_view(&mlp, &p, &p, LossKind::Uel, 0.1, &AdvConfig::fgsm(0.03)).unwrap();
+/// // every pixel moved by exactly eps (or not at all where g = 0)
+/// let moved = (&view.q_adv - &p).abs();
+/// let off = (&moved - 0.03).abs().minimum(&moved).max().double_value(&[]);
+/// assert!(off < 1e-15);
+/// ```
+pub fn adversarial_view<E: Encoder + ?Sized, F: Real>(
+    enc: &E,
+    p: &Tensor,
+    q: &Tensor,
+    loss: LossKind,
+    tau: f64,
+    cfg: &AdvConfig<F>,
+) -> Result<AdvView> {
+    let (p, q, adv) = prepare(enc, p, q, tau, cfg)?;
+    lean_view_unchecked(enc, &p, &q, loss, tau, &adv)
+}
+
+pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
+    enc: &E,
+    p: &Tensor,
+    q: &Tensor,
+    loss: LossKind,
+    tau: f64,
+    adv: &Adv,
+) -> Result<AdvView> {
+    let start = match adv.start {
+        QStart::P => p,
+        QStart::Q => q,
+    };
+    let mode = Mode::Train(Branch::Adv);
+    let _frozen = FrozenParameters::new(enc)?;
+    tch::with_grad(|| {
+        // Anchors: with Q_start = P they come out of the first step's forward.
+        let mut w = match adv.start {
+            QStart::P => None,
+            QStart::Q => Some(tch::no_grad(|| enc.forward_unchecked(p, mode, false))?),
+        };
+        let mut x = start.shallow_clone();
+        let mut grads = Vec::with_capacity(adv.steps());
+        for _ in 0..adv.steps() {
+            let x_leaf = leaf(&x)?;
+            let z = enc.forward_unchecked(&x_leaf, mode, false)?;
+            let anchors = match &w {
+                Some(w) => w.shallow_clone(),
+                None => {
+                    let detached = z.f_detach()?;
+                    w = Some(detached.shallow_clone());
+                    detached
+                }
+            };
+            let g = one_gradient(&loss_unchecked(loss, &anchors, &z, tau)?, &x_leaf)?;
+            x = sign_step(&x, &g, start, adv)?;
+            grads.push(g);
+        }
+        Ok(AdvView {
+            q_adv: apply_clamp(x, adv)?,
+            grads,
+        })
+    })
+}
+
+/// The adversarial view by the **authors'** recipe (SPEC 6): per step,
+/// training-mode adv forwards of `P` and of a fresh leaf `X`, each updating
+/// the adv BatchNorm running statistics (as `model(x, adv=True)` does), and
+/// one backward of `L(f_adv(P), f_adv(X))` that also computes every
+/// parameter gradient (discarded; nothing is accumulated into `.grad`).
+/// Same `Q_adv` as [`adversarial_view`]; more work, and these side effects.
+///
+/// ```
+/// use clae_accelerated::{adversarial::{adversarial_view, adversarial_view_authors, AdvConfig}};
+/// use clae_accelerated::{device::Precision, encoder::Encoder, mlp::Mlp};
+/// use clae_reference::{encoder::MlpConfig, loss::LossKind};
+/// let mut mlp = Mlp::new(MlpConfig::new(4, 6, 1, 3), 1, tch::Device::Cpu, Precision::F64).unwrap();
+/// let p = tch::Tensor::randn([5, 4], (tch::Kind::Double, tch::Device::Cpu));
+/// let cfg = AdvConfig::fgsm(0.03);
+/// let lean = adversarial_view(&mlp, &p, &p, LossKind::SimClr, 0.5, &cfg).unwrap();
+/// let authors = adversarial_view_authors(&mut mlp, &p, &p, LossKind::SimClr, 0.5, &cfg).unwrap();
+/// assert!(lean.q_adv.allclose(&authors.q_adv, 0.0, 0.0, false));
+/// // the authors' pass moved the adv running mean
+/// let rm = mlp.state_dict::<f64>().unwrap();
+/// assert!(rm.get("backbone.0.bn.adv.running_mean").unwrap().iter().any(|&v| v != 0.0));
+/// ```
+pub fn adversarial_view_authors<E: Encoder + ?Sized, F: Real>(
+    enc: &mut E,
+    p: &Tensor,
+    q: &Tensor,
+    loss: LossKind,
+    tau: f64,
+    cfg: &AdvConfig<F>,
+) -> Result<AdvView> {
+    let (p, q, adv) = prepare(enc, p, q, tau, cfg)?;
+    authors_view_unchecked(enc, &p, &q, loss, tau, &adv)
+}
+
+pub(crate) fn authors_view_unchecked<E: Encoder + ?Sized>(
+    enc: &mut E,
+    p: &Tensor,
+    q: &Tensor,
+    loss: LossKind,
+    tau: f64,
+    adv: &Adv,
+) -> Result<AdvView> {
+    let start = match adv.start {
+        QStart::P => p,
+        QStart::Q => q,
+    };
+    let mode = Mode::Train(Branch::Adv);
+    let params = enc.parameters();
+    tch::with_grad(|| {
+        let mut x = start.shallow_clone();
+        let mut grads = Vec::with_capacity(adv.steps());
+        for _ in 0..adv.steps() {
+            let z_p = enc.forward_unchecked(p, mode, true)?;
+            let x_leaf = leaf(&x)?;
+            let z_x = enc.forward_unchecked(&x_leaf, mode, true)?;
+            let l = loss_unchecked(loss, &z_p, &z_x, tau)?;
+            // The full backward: the input and every parameter.
+            let mut inputs: Vec<&Tensor> = vec![&x_leaf];
+            inputs.extend(params.iter().filter(|t| t.requires_grad()));
+            let mut all = gradients_of(&l, &inputs)?;
+            let g = all
+                .drain(..1)
+                .next()
+                .flatten()
+                .ok_or_else(|| Error::Torch("the loss does not depend on the input".into()))?;
+            drop(all); // the parameter gradients are discarded
+            x = sign_step(&x, &g, start, adv)?;
+            grads.push(g);
+        }
+        Ok(AdvView {
+            q_adv: apply_clamp(x, adv)?,
+            grads,
+        })
+    })
+}
