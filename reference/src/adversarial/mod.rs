@@ -345,9 +345,9 @@ pub(crate) fn adversarial_view_authors_unchecked<F: Real>(
     let mut grads = Vec::with_capacity(cfg.steps());
     for _ in 0..cfg.steps() {
         let fwd_p = mlp.forward_unchecked(p, Mode::Train(Branch::Adv));
-        mlp.update_running_stats(&fwd_p);
+        mlp.update_running_stats_unchecked(&fwd_p);
         let fwd_x = mlp.forward_unchecked(x.view(), Mode::Train(Branch::Adv));
-        mlp.update_running_stats(&fwd_x);
+        mlp.update_running_stats_unchecked(&fwd_x);
         let out = loss_forward_backward_unchecked(loss, fwd_p.z.view(), fwd_x.z.view(), tau);
         // The public code back-propagates into both forwards; the parameter
         // gradients are computed and thrown away.

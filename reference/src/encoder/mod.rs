@@ -530,7 +530,36 @@ impl<F: Real> Mlp<F> {
     /// Folds the batch statistics of a training-mode forward pass into the
     /// running statistics of the branch it went through (PyTorch's rule, see
     /// [`BatchNorm1d::update_running`]). A no-op for evaluation passes.
-    pub fn update_running_stats(&mut self, fwd: &Forward<F>) {
+    ///
+    /// Errors: [`ClaeError::InvalidState`] if `fwd` was not produced by an
+    /// encoder of this shape (nothing is updated then), [`ClaeError::NonFinite`]
+    /// if its statistics are not finite.
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use clae_reference::encoder::{Branch, Mlp, MlpConfig, Mode};
+    /// let mut mlp = Mlp::<f64>::new(MlpConfig::new(3, 4, 1, 2), 0).unwrap();
+    /// let x = Array2::from_shape_fn((5, 3), |(i, j)| (i + 2 * j) as f64);
+    /// let fwd = mlp.forward(x.view(), Mode::Train(Branch::Adv)).unwrap();
+    /// mlp.update_running_stats(&fwd).unwrap();
+    /// assert_ne!(mlp.backbone[0].bn.adv.running_mean[0], 0.0);
+    /// assert_eq!(mlp.backbone[0].bn.clean.running_mean[0], 0.0);
+    /// ```
+    pub fn update_running_stats(&mut self, fwd: &Forward<F>) -> Result<()> {
+        self.check_forward(fwd)?;
+        for (l, s) in fwd.stats.iter().enumerate() {
+            check::finite(&format!("batch mean of block {l}"), s.mean.view())?;
+            check::finite(
+                &format!("batch variance of block {l}"),
+                s.var_unbiased.view(),
+            )?;
+        }
+        self.update_running_stats_unchecked(fwd);
+        Ok(())
+    }
+
+    /// [`Mlp::update_running_stats`] for a pass this crate just made.
+    pub(crate) fn update_running_stats_unchecked(&mut self, fwd: &Forward<F>) {
         let branch = match fwd.mode {
             Mode::Train(b) => b,
             Mode::Eval => return,
@@ -543,11 +572,44 @@ impl<F: Real> Mlp<F> {
         }
     }
 
+    /// Checks that every array of a forward cache has the shape a pass of
+    /// this encoder gives it, so that a cache from another encoder is an
+    /// error rather than a panic inside a matrix product.
+    fn check_forward(&self, fwd: &Forward<F>) -> Result<()> {
+        let c = &self.config;
+        let depth = self.backbone.len();
+        let n = fwd.z.nrows();
+        let train = matches!(fwd.mode, Mode::Train(_));
+        let rows_ok = |a: &Array2<F>, cols: usize| a.dim() == (n, cols);
+        let ok = fwd.acts.len() == depth + 1
+            && fwd.bn.len() == depth
+            && fwd.stats.len() == if train { depth } else { 0 }
+            && rows_ok(&fwd.acts[0], c.d_in)
+            && fwd.acts[1..].iter().all(|a| rows_ok(a, c.hidden))
+            && fwd.bn.iter().all(|b| {
+                rows_ok(&b.x_hat, c.hidden) && b.inv_std.len() == c.hidden && b.batch_stats == train
+            })
+            && fwd
+                .stats
+                .iter()
+                .all(|s| s.mean.len() == c.hidden && s.var_unbiased.len() == c.hidden)
+            && rows_ok(&fwd.head_hidden, c.hidden)
+            && rows_ok(&fwd.u, c.d)
+            && rows_ok(&fwd.z, c.d);
+        if ok {
+            Ok(())
+        } else {
+            Err(ClaeError::InvalidState {
+                message: "the forward cache was not produced by this encoder".into(),
+            })
+        }
+    }
+
     /// A training-mode forward pass that also updates the running statistics
     /// (what `model(x)` does in PyTorch's training mode).
     pub fn forward_train(&mut self, x: ArrayView2<'_, F>, branch: Branch) -> Result<Forward<F>> {
         let fwd = self.forward(x, Mode::Train(branch))?;
-        self.update_running_stats(&fwd);
+        self.update_running_stats_unchecked(&fwd);
         Ok(fwd)
     }
 
@@ -558,6 +620,10 @@ impl<F: Real> Mlp<F> {
 
     /// Validated backward pass from `dz = dL/dz` (`N x d`) through the cached
     /// forward pass, including the BatchNorm batch-statistics path.
+    ///
+    /// Errors: `dz` not shaped like `fwd.z` or not finite, a cache `fwd` that
+    /// a pass of this encoder did not produce (another shape of encoder),
+    /// or non-finite parameters.
     pub fn backward(
         &self,
         fwd: &Forward<F>,
@@ -571,11 +637,8 @@ impl<F: Real> Mlp<F> {
                 actual: format!("{} x {}", dz.nrows(), dz.ncols()),
             });
         }
-        if fwd.acts.len() != self.backbone.len() + 1 || fwd.acts[0].ncols() != self.config.d_in {
-            return Err(ClaeError::InvalidState {
-                message: "the forward cache was not produced by this encoder".into(),
-            });
-        }
+        self.validate()?;
+        self.check_forward(fwd)?;
         check::finite("dL/dz", dz)?;
         Ok(self.backward_unchecked(fwd, dz, need))
     }

@@ -126,6 +126,23 @@ pub enum ParamState<F> {
     },
 }
 
+impl<F> ParamState<F> {
+    /// Whether every tensor of this state has `shape` (and the state is of
+    /// a kind the step can use).
+    fn fits(&self, shape: &[usize]) -> bool {
+        match self {
+            ParamState::Sgd { momentum_buffer } => {
+                momentum_buffer.as_ref().is_none_or(|b| b.shape() == shape)
+            }
+            ParamState::Adam {
+                exp_avg,
+                exp_avg_sq,
+                ..
+            } => exp_avg.shape() == shape && exp_avg_sq.shape() == shape,
+        }
+    }
+}
+
 /// An optimizer bound to one encoder's parameter list.
 ///
 /// ```
@@ -189,9 +206,29 @@ impl<F: Real> Optimizer<F> {
                 ),
             });
         }
+        // Everything is checked before the first parameter moves, so a failed
+        // step leaves the encoder and the optimizer state as they were.
+        mlp.validate()?;
         let names = mlp.parameter_names();
+        let params = mlp.parameters();
         for (i, g) in grads.present() {
+            let shape = params[i].shape();
+            if g.shape() != shape {
+                return Err(ClaeError::ShapeMismatch {
+                    what: format!("gradient of {}", names[i]),
+                    expected: format!("{shape:?}"),
+                    actual: format!("{:?}", g.shape()),
+                });
+            }
             check::finite(&format!("gradient of {}", names[i]), g.view())?;
+            if !self.state[i].as_ref().is_none_or(|st| st.fits(shape)) {
+                return Err(ClaeError::InvalidState {
+                    message: format!(
+                        "optimizer state of {} does not have the parameter's shape {shape:?}",
+                        names[i]
+                    ),
+                });
+            }
         }
         let config = self.config;
         for ((mut p, g), state) in mlp
@@ -201,13 +238,6 @@ impl<F: Real> Optimizer<F> {
             .zip(&mut self.state)
         {
             let Some(g) = g else { continue };
-            if g.shape() != p.shape() {
-                return Err(ClaeError::ShapeMismatch {
-                    what: "gradient".into(),
-                    expected: format!("{:?}", p.shape()),
-                    actual: format!("{:?}", g.shape()),
-                });
-            }
             match config {
                 OptimizerConfig::Sgd {
                     lr,

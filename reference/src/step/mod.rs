@@ -94,9 +94,9 @@ fn clean_forwards<F: Real>(
     q: ArrayView2<'_, F>,
 ) -> (Forward<F>, Forward<F>) {
     let fwd_p = mlp.forward_unchecked(p, Mode::Train(Branch::Clean));
-    mlp.update_running_stats(&fwd_p);
+    mlp.update_running_stats_unchecked(&fwd_p);
     let fwd_q = mlp.forward_unchecked(q, Mode::Train(Branch::Clean));
-    mlp.update_running_stats(&fwd_q);
+    mlp.update_running_stats_unchecked(&fwd_q);
     (fwd_p, fwd_q)
 }
 
@@ -153,7 +153,7 @@ pub fn clae_gradients<F: Real>(
         Recipe::Lean => {
             let view = adversarial_view_unchecked(mlp, p, q, loss, tau, &cfg.adv);
             let fwd_a = mlp.forward_unchecked(view.q_adv.view(), Mode::Train(Branch::Adv));
-            mlp.update_running_stats(&fwd_a);
+            mlp.update_running_stats_unchecked(&fwd_a);
             let adv = loss_forward_backward_unchecked(loss, fwd_p.z.view(), fwd_a.z.view(), tau);
             // Z_P is shared: its two gradients are summed before one backward pass.
             let dz_p = &clean.grad_z_p + &(&adv.grad_z_p * alpha);
@@ -167,13 +167,13 @@ pub fn clae_gradients<F: Real>(
             // The authors' Plain variant recomputes f_clean(P) for the second term.
             let fwd_p2 = if loss == LossKind::Plain {
                 let f = mlp.forward_unchecked(p, Mode::Train(Branch::Clean));
-                mlp.update_running_stats(&f);
+                mlp.update_running_stats_unchecked(&f);
                 Some(f)
             } else {
                 None
             };
             let fwd_a = mlp.forward_unchecked(view.q_adv.view(), Mode::Train(Branch::Adv));
-            mlp.update_running_stats(&fwd_a);
+            mlp.update_running_stats_unchecked(&fwd_a);
             let anchor = fwd_p2.as_ref().unwrap_or(&fwd_p);
             let adv = loss_forward_backward_unchecked(loss, anchor.z.view(), fwd_a.z.view(), tau);
             let adv_dz_p = &adv.grad_z_p * alpha;
