@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Stability: `p` comes from a max-subtracted softmax and `−log p[a,pos]`
-//! from [`super::neg_log_softmax`]; `log(1 − p)` is `log1p(−p)` when
+//! from `neg_log_softmax` (in `loss/mod.rs`); `log(1 − p)` is `log1p(−p)` when
 //! `p <= 1/2`, and otherwise (at most one such negative `b*` per row)
 //! `logsumexp_{c∉{a,b*}} s[a,c] − logsumexp_{c≠a} s[a,c]`, which never rounds
 //! `1 − p` to zero.
