@@ -510,7 +510,7 @@ pub fn markdown(rep: &Replication) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "\nTraining time per epoch, CLAE / plain: {} (lean recipe; evaluation excluded; wall-clock on a shared machine, so expect noise).\n",
+        "\nTraining time per epoch, CLAE / plain: {} (per run the median over epochs of the training wall-clock, evaluation excluded; lean recipe; measured on a shared machine, so expect noise).\n",
         ratios.join(", ")
     );
     let eq = equal_time(rep);
@@ -591,6 +591,7 @@ pub const CHANGES: &str = "\
 * Batch size N = 128 (the authors' default for Plain and UEL; SimCLR uses the same here so the three losses see the same batches); the last incomplete batch of each epoch is dropped.
 * 30 epochs (10 steps each) instead of hundreds: the replication must run in a few minutes on 2 CPU cores.
 * `--quick` (smoke runs only) shrinks everything further: h = 64, L = 1, d = 32, N = 64, 2 epochs, 2 seeds, 50 probe steps.
+* Added a control that SPEC does not define: CLAE with eps = 0 (Q_adv = P), which keeps CLAE's second loss term, its adv BatchNorm branch and its cost but drops the adversarial perturbation — so the comparison can tell the perturbation's effect from that of the extra term (`--no-control` skips it).
 * Element type f32 (the reference is generic; f32 halves the cost, and SPEC 8 bounds its error at 1e-4 relative per step).
 ";
 
@@ -839,7 +840,7 @@ pub fn learning_curves_svg(rep: &Replication, path: &Path) -> Result<()> {
 /// baseline as a grey line.
 pub fn final_accuracy_svg(rep: &Replication, path: &Path) -> Result<()> {
     let err = plot_err(path);
-    let root = SVGBackend::new(path, (1260, 400)).into_drawing_area();
+    let root = SVGBackend::new(path, (1500, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let areas = root.split_evenly((1, Metric::ALL.len()));
     let groups: Vec<(LossKind, Method)> = rep
@@ -849,8 +850,16 @@ pub fn final_accuracy_svg(rep: &Replication, path: &Path) -> Result<()> {
         .collect();
     let labels: Vec<String> = groups
         .iter()
-        .map(|(l, m)| format!("{} {}", loss_title(*l), m.name()))
+        .map(|(_, m)| {
+            match m {
+                Method::Plain => "plain",
+                Method::Clae => "CLAE",
+                Method::ClaeEps0 => "eps=0",
+            }
+            .to_string()
+        })
         .collect();
+    let per_loss = rep.options.methods.len().max(1);
     for (metric, area) in Metric::ALL.iter().zip(areas) {
         let baseline = 100.0
             * match metric {
@@ -898,6 +907,27 @@ pub fn final_accuracy_svg(rep: &Replication, path: &Path) -> Result<()> {
             .map_err(|e| err(e.to_string()))?
             .label("raw pixels")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BASELINE_COLOR));
+        // Loss names above each group of methods, and separators between groups.
+        let y_text = 100.0 - 0.02 * (100.0 - y_lo);
+        for (i, cfg) in rep.configs.iter().enumerate() {
+            let centre = (i * per_loss) as f64 + (per_loss as f64 - 1.0) / 2.0;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    loss_title(cfg.loss).to_string(),
+                    (centre - 0.25, y_text),
+                    ("sans-serif", 14),
+                )))
+                .map_err(|e| err(e.to_string()))?;
+            if i > 0 {
+                let x = (i * per_loss) as f64 - 0.5;
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        [(x, y_lo), (x, 100.0)],
+                        BLACK.mix(0.3),
+                    )))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+        }
         for (g, &(loss, method)) in groups.iter().enumerate() {
             let color = method_color(method);
             let vals: Vec<f64> = runs_of(rep, loss, method)

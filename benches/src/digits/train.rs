@@ -336,13 +336,16 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Mean wall-clock seconds per training epoch.
+    /// Median wall-clock seconds per training epoch (the median, so that a
+    /// burst of load from other processes on a shared machine does not
+    /// dominate; 0 for a run without epochs).
     pub fn seconds_per_epoch(&self) -> f64 {
-        let trained: Vec<f64> = self.curve.iter().skip(1).map(|e| e.seconds).collect();
-        if trained.is_empty() {
-            0.0
-        } else {
-            trained.iter().sum::<f64>() / trained.len() as f64
+        let mut trained: Vec<f64> = self.curve.iter().skip(1).map(|e| e.seconds).collect();
+        trained.sort_by(f64::total_cmp);
+        match trained.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => trained[n / 2],
+            n => 0.5 * (trained[n / 2 - 1] + trained[n / 2]),
         }
     }
 }
