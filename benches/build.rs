@@ -1,0 +1,57 @@
+//! Records the compiler and the locked versions of the libraries the
+//! overhead report names (tch, torch-sys, ndarray, matrixmultiply), so the
+//! report states exactly what it measured; and passes libtorch's rpath to
+//! the linker, because rustdoc does not see the workspace's `build.rustflags`
+//! (where `scripts/setup.sh` puts it) when it links doctests.
+
+use std::process::Command;
+
+fn main() {
+    let torch_lib = std::env::var("CLAE_TORCH_LIB")
+        .ok()
+        .or_else(|| std::env::var("LIBTORCH").ok().map(|d| format!("{d}/lib")));
+    if let Some(dir) = torch_lib {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
+    println!("cargo:rerun-if-env-changed=CLAE_TORCH_LIB");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CLAE_RUSTC_VERSION={version}");
+
+    let lock_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock");
+    println!("cargo:rerun-if-changed={lock_path}");
+    let lock = std::fs::read_to_string(lock_path).unwrap_or_default();
+    for (krate, var) in [
+        ("tch", "CLAE_TCH_VERSION"),
+        ("torch-sys", "CLAE_TORCH_SYS_VERSION"),
+        ("ndarray", "CLAE_NDARRAY_VERSION"),
+        ("matrixmultiply", "CLAE_MATRIXMULTIPLY_VERSION"),
+    ] {
+        println!("cargo:rustc-env={var}={}", locked_version(&lock, krate));
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// The version of the first `[[package]]` named `krate` in a Cargo.lock.
+fn locked_version(lock: &str, krate: &str) -> String {
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("name = \"{krate}\"") {
+            if let Some(v) = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = "))
+            {
+                return v.trim_matches('"').to_string();
+            }
+        }
+    }
+    "unknown".into()
+}

@@ -1,0 +1,145 @@
+//! The machine and software a report was measured on.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Machine, threads, versions and date of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// CPU model from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// Logical CPUs the process may use.
+    pub logical_cpus: usize,
+    /// Threads of the reference's GEMM (matrixmultiply), and where that comes from.
+    pub reference_threads: String,
+    /// libtorch's intra-op threads.
+    pub torch_threads: i64,
+    /// CUDA device(s), or why there is none.
+    pub cuda: String,
+    /// `rustc --version` of the compiler that built the report.
+    pub rustc: String,
+    /// Versions of tch, torch-sys, libtorch, ndarray, matrixmultiply.
+    pub versions: Vec<(String, String)>,
+    /// Operating system kernel.
+    pub kernel: String,
+    /// Start of the run, UTC, `YYYY-MM-DD HH:MM:SS`.
+    pub date: String,
+    /// `/proc/loadavg` at the start.
+    pub load_before: String,
+    /// `/proc/loadavg` at the end (filled in when the run finishes).
+    pub load_after: String,
+}
+
+impl Machine {
+    /// Collects everything from this process and machine. `cuda` describes
+    /// the CUDA situation (the caller knows whether it looked).
+    pub fn detect(cuda: String) -> Self {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let logical_cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let reference_threads = match std::env::var("MATMUL_NUM_THREADS") {
+            Ok(v) => format!("{v} (MATMUL_NUM_THREADS); elementwise work single-threaded"),
+            Err(_) => format!(
+                "matrixmultiply default (physical cores, at most 4; {logical_cpus} logical CPUs here); elementwise work single-threaded"
+            ),
+        };
+        let libtorch = libtorch_version();
+        Machine {
+            cpu_model,
+            logical_cpus,
+            reference_threads,
+            torch_threads: i64::from(tch::get_num_threads()),
+            cuda,
+            rustc: env!("CLAE_RUSTC_VERSION").to_string(),
+            versions: vec![
+                ("tch".into(), env!("CLAE_TCH_VERSION").into()),
+                ("torch-sys".into(), env!("CLAE_TORCH_SYS_VERSION").into()),
+                ("libtorch".into(), libtorch),
+                ("ndarray".into(), env!("CLAE_NDARRAY_VERSION").into()),
+                (
+                    "matrixmultiply".into(),
+                    env!("CLAE_MATRIXMULTIPLY_VERSION").into(),
+                ),
+            ],
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| format!("Linux {}", s.trim()))
+                .unwrap_or_else(|_| std::env::consts::OS.into()),
+            date: utc_now(),
+            load_before: load_average(),
+            load_after: String::new(),
+        }
+    }
+}
+
+/// The first three fields of `/proc/loadavg` (or `unknown`).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// libtorch's version from `$LIBTORCH/version.py` (the PyTorch wheel's),
+/// looked up at run time, then at build time.
+pub fn libtorch_version() -> String {
+    let dirs = [
+        std::env::var("LIBTORCH").ok(),
+        option_env!("LIBTORCH").map(String::from),
+    ];
+    for dir in dirs.into_iter().flatten() {
+        if let Ok(s) = std::fs::read_to_string(format!("{dir}/version.py")) {
+            if let Some(v) = s
+                .lines()
+                .find(|l| l.starts_with("__version__"))
+                .and_then(|l| l.split('\'').nth(1))
+            {
+                return v.to_string();
+            }
+        }
+    }
+    "unknown".into()
+}
+
+/// Now, UTC, as `YYYY-MM-DD HH:MM:SS`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+///
+/// ```
+/// use clae_benches::overhead::machine::format_utc;
+/// assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+/// assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+/// ```
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}

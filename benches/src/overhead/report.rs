@@ -1,0 +1,772 @@
+//! Writes a run as Markdown, CSV and SVG into a folder.
+//!
+//! Files: `report.md` (everything, for people), `summary.md` (the summary
+//! table the README shows), `measurements.csv` (one row per measured member),
+//! `steps.csv` (one row per step configuration and implementation, with the
+//! ratios), `targets.csv`, and the charts `ratios.svg` and
+//! `peak_fraction.svg` (see [`crate::overhead::charts`]).
+
+use crate::flops::{BackwardKind, StepKind};
+use crate::overhead::analysis::{
+    check_targets, gemm_peaks, loss_rows, model_table, step_rows, Outcome, Ratio, RunResult,
+    Status, StepRow,
+};
+use crate::overhead::charts;
+use crate::overhead::plan::{GroupKind, Task};
+use crate::overhead::{BenchError, Impl, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Names of the files [`write_report`] writes, in order.
+pub const FILES: [&str; 7] = [
+    "report.md",
+    "summary.md",
+    "measurements.csv",
+    "steps.csv",
+    "targets.csv",
+    "ratios.svg",
+    "peak_fraction.svg",
+];
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|source| BenchError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Writes every file of [`FILES`] into `dir` (created if needed) and returns their paths.
+pub fn write_report(run: &RunResult, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut out = vec![
+        write(dir, FILES[0], &markdown(run))?,
+        write(dir, FILES[1], &summary_markdown(run))?,
+        write(dir, FILES[2], &measurements_csv(run))?,
+        write(dir, FILES[3], &steps_csv(run))?,
+        write(dir, FILES[4], &targets_csv(run))?,
+    ];
+    let rows = step_rows(run);
+    let p = dir.join(FILES[5]);
+    charts::ratio_chart(&rows, &p)?;
+    out.push(p);
+    let p = dir.join(FILES[6]);
+    charts::peak_fraction_chart(&rows, &p)?;
+    out.push(p);
+    Ok(out)
+}
+
+fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map(f).unwrap_or_else(|| "—".into())
+}
+
+fn ms(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else {
+        format!("{:.2} ms", s * 1e3)
+    }
+}
+
+fn ratio_cell(r: &Ratio) -> String {
+    format!(
+        "{} ({:.2})",
+        opt(r.measured, |m| format!("**{m:.2}**")),
+        r.model
+    )
+}
+
+fn short_config(r: &StepRow) -> String {
+    format!("{} N{} {}", r.config.size, r.config.n, r.config.loss)
+}
+
+/// The summary table: one line per step configuration and implementation,
+/// with the measured ratios next to the FLOP model's, and the targets tally.
+pub fn summary_markdown(run: &RunResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Measured {} on {} ({} threads for libtorch), plan `{}`. Ratios are medians of interleaved rounds; the FLOP model's ratio in parentheses.\n",
+        run.machine.date, run.machine.cpu_model, run.machine.torch_threads, run.plan_name
+    );
+    s.push_str("| configuration | implementation | plain step | lean / plain | authors / plain | authors / lean | plain step, % of GEMM peak |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    for r in step_rows(run) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.config,
+            r.imp,
+            opt(r.median(StepKind::Plain), ms),
+            ratio_cell(&r.lean_over_plain),
+            ratio_cell(&r.authors_over_plain),
+            ratio_cell(&r.authors_over_lean),
+            opt(r.peak_fraction(StepKind::Plain), |f| format!(
+                "{:.0}%",
+                f * 100.0
+            )),
+        );
+    }
+    let targets = check_targets(run);
+    let count = |st: Status| targets.iter().filter(|t| t.status == st).count();
+    let _ = writeln!(
+        s,
+        "\nTargets: {} met, {} missed, {} not measured (details and reasons in the report).",
+        count(Status::Met),
+        count(Status::Missed),
+        count(Status::NotMeasured)
+    );
+    s
+}
+
+/// The full Markdown report.
+pub fn markdown(run: &RunResult) -> String {
+    let m = &run.machine;
+    let mut s = String::new();
+    let _ = writeln!(s, "# CLAE overhead report (`{}`)\n", run.plan_name);
+    let _ = writeln!(
+        s,
+        "What an adversarial view costs: plain, lean-recipe and authors'-recipe training steps measured side by side, against the exact FLOP model (SPEC 6).\n"
+    );
+    let _ = writeln!(s, "* date: {} UTC; whole run {:.0} s", m.date, run.wall_s);
+    let _ = writeln!(s, "* command: `{}`", run.command);
+    s.push_str("\n## Machine\n\n| | |\n|---|---|\n");
+    let _ = writeln!(
+        s,
+        "| CPU | {} ({} logical CPUs) |",
+        m.cpu_model, m.logical_cpus
+    );
+    let _ = writeln!(s, "| reference threads | {} |", m.reference_threads);
+    let _ = writeln!(s, "| libtorch threads | {} |", m.torch_threads);
+    let _ = writeln!(s, "| CUDA | {} |", m.cuda);
+    let _ = writeln!(s, "| kernel | {} |", m.kernel);
+    let _ = writeln!(s, "| rustc | {} |", m.rustc);
+    for (k, v) in &m.versions {
+        let _ = writeln!(s, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        s,
+        "| load average (1, 5, 15 min) | before {}; after {} |",
+        m.load_before, m.load_after
+    );
+
+    s.push_str("\n## Summary\n\n");
+    s.push_str(&summary_markdown(run));
+
+    s.push_str(
+        "\n## Targets\n\n| target | where | measured | status | reason |\n|---|---|---|---|---|\n",
+    );
+    for t in check_targets(run) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            t.target,
+            t.scope,
+            t.measured,
+            t.status.label(),
+            if t.reason.is_empty() {
+                "—"
+            } else {
+                &t.reason
+            }
+        );
+    }
+
+    let rows = step_rows(run);
+    s.push_str("\n## Step time against the FLOP model\n\n");
+    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**) and the exact FLOP model (plain); SPEC 6's idealised 1.83 / 2.5 / 3.0 are in the model section.\n\n");
+    s.push_str("| configuration | implementation | plain | lean | authors | lean / plain | authors / plain | authors / lean | rounds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        let cell = |k: StepKind| {
+            opt(r.median(k), |med| {
+                let st = r.stats(k).expect("median implies stats");
+                format!("{} [{}–{}]", ms(med), ms(st.q1), ms(st.q3))
+            })
+        };
+        let rounds = r
+            .stats(StepKind::Plain)
+            .map(|s| s.samples.len().to_string())
+            .unwrap_or_else(|| "—".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.config,
+            r.imp,
+            cell(StepKind::Plain),
+            cell(StepKind::Lean),
+            cell(StepKind::Authors),
+            ratio_cell(&r.lean_over_plain),
+            ratio_cell(&r.authors_over_plain),
+            ratio_cell(&r.authors_over_lean),
+            rounds
+        );
+    }
+    s.push_str("\n![measured and modelled overhead ratios](ratios.svg)\n");
+
+    s.push_str("\n## Achieved GFLOP/s as a fraction of the GEMM peak\n\n");
+    s.push_str("GEMM peak: one square product, the best median of the GEMM groups, per implementation (the reference's is `ndarray::dot` on matrixmultiply, the path its linear layers take).\n\n| implementation | size | GFLOP/s |\n|---|---:|---:|\n");
+    let peaks = gemm_peaks(run);
+    for (imp, size, gf) in &peaks {
+        let _ = writeln!(s, "| {imp} | {size} | {gf:.1} |");
+    }
+    s.push_str("\nSteps (exact FLOPs of [the model](#flop-model) over the median time); \"extra\" is the GFLOP/s of the adversarial work alone, `(FLOPs(step) − FLOPs(plain)) / (t(step) − t(plain))`.\n\n");
+    s.push_str("| configuration | implementation | plain GFLOP/s (% peak) | lean GFLOP/s (% peak) | authors GFLOP/s (% peak) | lean extra | authors extra |\n|---|---|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        let cell = |k: StepKind| {
+            opt(r.gflops(k), |g| {
+                format!(
+                    "{g:.1} ({})",
+                    opt(r.peak_fraction(k), |f| format!("{:.0}%", f * 100.0))
+                )
+            })
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.config,
+            r.imp,
+            cell(StepKind::Plain),
+            cell(StepKind::Lean),
+            cell(StepKind::Authors),
+            opt(r.marginal_gflops(StepKind::Lean), |g| format!("{g:.1}")),
+            opt(r.marginal_gflops(StepKind::Authors), |g| format!("{g:.1}")),
+        );
+    }
+    s.push_str("\n![achieved fraction of the GEMM peak](peak_fraction.svg)\n");
+
+    let losses = loss_rows(run);
+    if !losses.is_empty() {
+        let mut imps: Vec<Impl> = losses
+            .iter()
+            .flat_map(|r| r.results.iter().map(|x| x.0))
+            .collect();
+        imps.sort();
+        imps.dedup();
+        s.push_str("\n## Loss + gradients w.r.t. both embedding sets\n\nMedian per evaluation (GFLOP/s in parentheses).\n\n| loss | N | d |");
+        for i in &imps {
+            let _ = write!(s, " {i} |");
+        }
+        s.push_str(" reference f32 / tch-cpu f32 |\n|---|---:|---:|");
+        for _ in &imps {
+            s.push_str("---:|");
+        }
+        s.push_str("---:|\n");
+        for r in &losses {
+            let _ = write!(s, "| {} | {} | {} |", r.kind, r.n, r.d);
+            for i in &imps {
+                let cell = r
+                    .results
+                    .iter()
+                    .find(|x| x.0 == *i)
+                    .map(|x| match (&x.1.outcome, x.1.gflops()) {
+                        (Outcome::Measured(st), Some(g)) => format!("{} ({g:.1})", ms(st.median)),
+                        _ => "—".into(),
+                    })
+                    .unwrap_or_else(|| "—".into());
+                let _ = write!(s, " {cell} |");
+            }
+            let x = r
+                .median(Impl::REF_F32)
+                .zip(r.median(Impl::TCH_CPU_F32))
+                .map(|(a, b)| a / b);
+            let _ = writeln!(s, " {} |", opt(x, |v| format!("{v:.2}x")));
+        }
+    }
+
+    if let Some(p) = &run.profile {
+        s.push_str("\n## Where the reference step's time goes\n\n");
+        let _ = writeln!(
+            s,
+            "Reference f32, {}, N {}, Plain loss, SGD; every piece timed in interleaved rounds (medians), a whole `plain_step` in the same rounds for comparison.\n",
+            p.model, p.n
+        );
+        s.push_str("| piece | calls per plain step | per call | per step | share of step | GFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
+        let mut sum = 0.0;
+        for x in &p.pieces {
+            let per_step = x.seconds * x.per_plain_step;
+            sum += per_step;
+            let gf = if x.flops > 0 {
+                format!("{:.1}", x.flops as f64 / x.seconds / 1e9)
+            } else {
+                "—".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1}% | {} |",
+                x.name,
+                x.per_plain_step,
+                ms(x.seconds),
+                ms(per_step),
+                100.0 * per_step / p.plain_step_s,
+                gf
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| **sum of pieces** | | | {} | {:.1}% | |\n| **whole `plain_step`** | 1 | {} | {} | 100% | |",
+            ms(sum),
+            100.0 * sum / p.plain_step_s,
+            ms(p.plain_step_s),
+            ms(p.plain_step_s)
+        );
+        s.push_str("\nInside the passes: the matrix products alone (same shapes, same `ndarray` calls), and libtorch on the same products.\n\n| | reference, whole pass | reference, products only | elementwise + bookkeeping | libtorch, products only |\n|---|---:|---:|---:|---:|\n");
+        let fwd = p.piece("forward").map(|x| x.seconds).unwrap_or(f64::NAN);
+        let bw = p.piece("backward").map(|x| x.seconds).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            s,
+            "| forward | {} | {} | {} | {} |",
+            ms(fwd),
+            ms(p.ref_gemm_forward_s),
+            ms(fwd - p.ref_gemm_forward_s),
+            opt(p.tch_gemm_forward_s, ms)
+        );
+        let _ = writeln!(
+            s,
+            "| backward into the parameters (B_w) | {} | {} | {} | {} |",
+            ms(bw),
+            ms(p.ref_gemm_backward_s),
+            ms(bw - p.ref_gemm_backward_s),
+            opt(p.tch_gemm_backward_s, ms)
+        );
+        let _ = writeln!(
+            s,
+            "| backward to the input (B_x, lean recipe) | {} | {} | {} | — |",
+            ms(p.backward_input_s),
+            ms(p.ref_gemm_backward_input_s),
+            ms(p.backward_input_s - p.ref_gemm_backward_input_s)
+        );
+        if !p.losses.is_empty() {
+            s.push_str("\nReference losses (f32): the whole evaluation against its matrix products alone.\n\n| loss | N | whole | products only | products' share | whole GFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
+            for l in &p.losses {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.0}% | {:.1} |",
+                    l.kind,
+                    l.n,
+                    ms(l.total_s),
+                    ms(l.gemm_s),
+                    100.0 * l.gemm_s / l.total_s,
+                    l.total_flops as f64 / l.total_s / 1e9
+                );
+            }
+        }
+    }
+
+    s.push_str("\n## FLOP model\n\n");
+    s.push_str("Exact counts from the layer shapes (`crates benches/src/flops.rs`: matrix products `2mkn`, elementwise ops one FLOP each). `F` is one forward pass of one view, `B_w` a backward pass into the parameters (every weight gradient, every input gradient but the first layer's), `B_x` a backward pass to the input only, `L` a loss evaluation with both gradients.\n\n");
+    s.push_str("| configuration | F | B_w / F | B_x / F | step | passes | GFLOP | exact ratio | SPEC 6 ratio |\n|---|---:|---:|---:|---|---|---:|---:|---:|\n");
+    let mut seen = Vec::new();
+    for g in &run.groups {
+        let GroupKind::Step(config) = g.group.kind else {
+            continue;
+        };
+        if seen.contains(&g.group.id) {
+            continue;
+        }
+        seen.push(g.group.id.clone());
+        let enc = config.encoder_flops();
+        let f = enc.forward() as f64;
+        let table = model_table(&config);
+        let plain = table[0].2 as f64;
+        for (i, (k, passes, total, _)) in table.iter().enumerate() {
+            let first = i == 0;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.3} |",
+                if first {
+                    config.to_string()
+                } else {
+                    String::new()
+                },
+                if first {
+                    format!("{:.2} GFLOP", f / 1e9)
+                } else {
+                    String::new()
+                },
+                if first {
+                    format!("{:.3}", enc.backward(BackwardKind::Weights) as f64 / f)
+                } else {
+                    String::new()
+                },
+                if first {
+                    format!("{:.3}", enc.backward(BackwardKind::Input) as f64 / f)
+                } else {
+                    String::new()
+                },
+                k,
+                passes,
+                *total as f64 / 1e9,
+                *total as f64 / plain,
+                k.spec_ratio(config.loss)
+            );
+        }
+    }
+    if let Some(config) = run.groups.iter().find_map(|g| match g.group.kind {
+        GroupKind::Step(c) if c.size == "large" => Some(c),
+        _ => None,
+    }) {
+        let enc = config.encoder_flops();
+        let _ = writeln!(
+            s,
+            "\nPer layer, {} at N {} (MFLOP):\n\n| layer | kind | forward | backward-to-input | weight gradient |\n|---|---|---:|---:|---:|",
+            config.model, config.n
+        );
+        for l in &enc.layers {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {}{:.1} | {:.1} |",
+                l.name,
+                l.kind.name(),
+                l.cost.forward as f64 / 1e6,
+                if l.reads_input { "(only for B_x) " } else { "" },
+                l.cost.backward_input as f64 / 1e6,
+                l.cost.weight_grad as f64 / 1e6
+            );
+        }
+    }
+
+    s.push_str("\n## Method\n\n");
+    s.push_str("* Every group's members run in the same rounds, in an order rotated each round; each member's time is the median over rounds, and every ratio is between medians of one group — never across groups or runs. Quartiles show the spread.\n");
+    s.push_str("* One warm-up run and one calibration sample per member precede the timed rounds; fast members run several times per sample (at least ~20 ms per sample).\n");
+    s.push_str("* Steps are real training steps on fixed random data (`P` standard normal, `Q = 0.9 P + 0.1 noise`), with the authors' optimizer for the loss (SGD for Plain/UEL, Adam for SimCLR) and the paper's `tau`, `eps`, `alpha = 1`. The authors' recipe for the Plain loss includes their recomputation of `f_clean(P)`.\n");
+    s.push_str("* Timings are noisy on a shared machine; the load averages say how busy it was (a load above the number of CPUs means other processes competed for them; libtorch's OpenMP threads suffer most from that). Ratios inside a group are robust to slow patches that hit all members alike.\n");
+    s.push_str("\n| group | members measured | rounds | wall time | load average at start |\n|---|---:|---:|---:|---|\n");
+    for g in &run.groups {
+        let measured = g.members.iter().filter(|m| m.stats().is_some()).count();
+        let _ = writeln!(
+            s,
+            "| {} | {measured} of {} | {} | {:.0} s | {} |",
+            g.group.id,
+            g.members.len(),
+            g.rounds,
+            g.wall_s,
+            g.load
+        );
+    }
+    if !run.notices.is_empty() {
+        s.push_str("\n## Notices\n\n");
+        for n in &run.notices {
+            let _ = writeln!(s, "* {n}");
+        }
+    }
+    s
+}
+
+fn csv_field(x: &str) -> String {
+    if x.contains([',', '"', '\n']) {
+        format!("\"{}\"", x.replace('"', "\"\""))
+    } else {
+        x.to_string()
+    }
+}
+
+fn csv_line(fields: &[String]) -> String {
+    let mut line = fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push('\n');
+    line
+}
+
+fn num(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.6e}")).unwrap_or_default()
+}
+
+/// One row per member: timing, FLOPs, GFLOP/s, fraction of peak, outcome.
+pub fn measurements_csv(run: &RunResult) -> String {
+    let peaks = gemm_peaks(run);
+    let mut s = csv_line(
+        &[
+            "group",
+            "backend",
+            "precision",
+            "task",
+            "variant",
+            "model",
+            "n",
+            "loss",
+            "flops",
+            "rounds",
+            "runs_per_sample",
+            "median_s",
+            "q1_s",
+            "q3_s",
+            "min_s",
+            "gflops",
+            "peak_gflops",
+            "peak_fraction",
+            "status",
+            "note",
+        ]
+        .map(String::from),
+    );
+    for g in &run.groups {
+        for m in &g.members {
+            let (task, model, n, loss) = match m.member.task {
+                Task::Step { config, .. } => (
+                    "step",
+                    config.model.to_string(),
+                    config.n.to_string(),
+                    config.loss.to_string(),
+                ),
+                Task::Loss { kind, n, d } => {
+                    ("loss", format!("d {d}"), n.to_string(), kind.to_string())
+                }
+                Task::Gemm { size } => (
+                    "gemm",
+                    format!("{size}x{size}"),
+                    size.to_string(),
+                    String::new(),
+                ),
+            };
+            let st = m.stats();
+            let peak = crate::overhead::analysis::peak_for(&peaks, m.member.imp);
+            let (status, note) = match &m.outcome {
+                Outcome::Measured(_) => ("measured", String::new()),
+                Outcome::Skipped(w) => ("skipped", w.clone()),
+                Outcome::Failed(w) => ("failed", w.clone()),
+            };
+            s.push_str(&csv_line(&[
+                g.group.id.clone(),
+                m.member.imp.backend.name().into(),
+                m.member.imp.precision.name().into(),
+                task.into(),
+                m.member.task.variant(),
+                model,
+                n,
+                loss,
+                m.flops.to_string(),
+                st.map(|s| s.samples.len().to_string()).unwrap_or_default(),
+                st.map(|s| s.runs_per_sample.to_string())
+                    .unwrap_or_default(),
+                num(st.map(|s| s.median)),
+                num(st.map(|s| s.q1)),
+                num(st.map(|s| s.q3)),
+                num(st.map(|s| s.min)),
+                num(m.gflops()),
+                num(peak),
+                num(m.gflops().zip(peak).map(|(a, b)| a / b)),
+                status.into(),
+                note,
+            ]));
+        }
+    }
+    s
+}
+
+/// One row per (step configuration, implementation) with the three ratios,
+/// measured, exact model and SPEC.
+pub fn steps_csv(run: &RunResult) -> String {
+    let mut s = csv_line(
+        &[
+            "group",
+            "config",
+            "backend",
+            "precision",
+            "plain_s",
+            "lean_s",
+            "authors_s",
+            "lean_over_plain",
+            "lean_over_plain_model",
+            "lean_over_plain_spec",
+            "authors_over_plain",
+            "authors_over_plain_model",
+            "authors_over_plain_spec",
+            "authors_over_lean",
+            "authors_over_lean_model",
+            "authors_over_lean_spec",
+            "plain_gflops",
+            "lean_gflops",
+            "authors_gflops",
+            "peak_gflops",
+        ]
+        .map(String::from),
+    );
+    for r in step_rows(run) {
+        s.push_str(&csv_line(&[
+            r.group_id.clone(),
+            short_config(&r),
+            r.imp.backend.name().into(),
+            r.imp.precision.name().into(),
+            num(r.median(StepKind::Plain)),
+            num(r.median(StepKind::Lean)),
+            num(r.median(StepKind::Authors)),
+            num(r.lean_over_plain.measured),
+            num(Some(r.lean_over_plain.model)),
+            num(Some(r.lean_over_plain.spec)),
+            num(r.authors_over_plain.measured),
+            num(Some(r.authors_over_plain.model)),
+            num(Some(r.authors_over_plain.spec)),
+            num(r.authors_over_lean.measured),
+            num(Some(r.authors_over_lean.model)),
+            num(Some(r.authors_over_lean.spec)),
+            num(r.gflops(StepKind::Plain)),
+            num(r.gflops(StepKind::Lean)),
+            num(r.gflops(StepKind::Authors)),
+            num(r.peak_gflops),
+        ]));
+    }
+    s
+}
+
+/// One row per checked target.
+pub fn targets_csv(run: &RunResult) -> String {
+    let mut s = csv_line(&["target", "scope", "measured", "status", "reason"].map(String::from));
+    for t in check_targets(run) {
+        s.push_str(&csv_line(&[
+            t.target.into(),
+            t.scope,
+            t.measured,
+            t.status.label().into(),
+            t.reason,
+        ]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overhead::analysis::{GroupResult, MemberResult};
+    use crate::overhead::machine::Machine;
+    use crate::overhead::measure::Stats;
+    use crate::overhead::plan::Plan;
+
+    /// A run with made-up timings for every member of the CPU plan: each
+    /// member's time is its FLOPs at a made-up rate, so the ratios equal the
+    /// model's. No timing is measured or asserted.
+    fn synthetic_run() -> RunResult {
+        let plan = Plan::full();
+        let groups = plan
+            .groups
+            .iter()
+            .map(|g| GroupResult {
+                group: g.clone(),
+                members: g
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let flops = m.task.flops();
+                        let rate = if m.imp == Impl::REF_F32 { 40e9 } else { 60e9 };
+                        let t = flops as f64 / rate;
+                        let outcome = if m.imp.backend == crate::overhead::Backend::TchCuda {
+                            Outcome::Skipped("no CUDA device, with a comma".into())
+                        } else {
+                            Outcome::Measured(Stats::from_samples(
+                                vec![t, t * 1.01, t * 0.99, t * (1.0 + i as f64 * 1e-3)],
+                                1,
+                            ))
+                        };
+                        MemberResult {
+                            member: *m,
+                            flops,
+                            outcome,
+                        }
+                    })
+                    .collect(),
+                wall_s: 1.0,
+                rounds: 4,
+                load: "0.00 0.00 0.00".into(),
+            })
+            .collect();
+        let machine = Machine {
+            cpu_model: "Test CPU".into(),
+            logical_cpus: 2,
+            reference_threads: "2".into(),
+            torch_threads: 2,
+            cuda: "none".into(),
+            rustc: "rustc 1.0".into(),
+            versions: vec![("tch".into(), "0.0".into())],
+            kernel: "Linux".into(),
+            date: "2000-01-01 00:00:00".into(),
+            load_before: "0 0 0".into(),
+            load_after: "0 0 0".into(),
+        };
+        RunResult {
+            plan_name: "synthetic".into(),
+            command: "overhead-report --synthetic".into(),
+            machine,
+            groups,
+            profile: None,
+            wall_s: 1.0,
+            notices: vec!["a notice".into()],
+        }
+    }
+
+    fn columns(line: &str) -> usize {
+        // Quoted fields may contain commas; count separators outside quotes.
+        let mut inside = false;
+        let mut n = 1;
+        for c in line.chars() {
+            match c {
+                '"' => inside = !inside,
+                ',' if !inside => n += 1,
+                _ => {}
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn writes_well_formed_files_from_synthetic_measurements() {
+        let run = synthetic_run();
+        let dir = std::env::temp_dir().join(format!("clae-report-test-{}", std::process::id()));
+        let files = write_report(&run, &dir).unwrap();
+        assert_eq!(files.len(), FILES.len());
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert!(!text.is_empty(), "{} is empty", f.display());
+            let name = f.file_name().unwrap().to_str().unwrap();
+            if name.ends_with(".csv") {
+                let lines: Vec<&str> = text.lines().collect();
+                assert!(lines.len() > 1, "{name} has no data rows");
+                let width = columns(lines[0]);
+                for l in &lines {
+                    assert_eq!(columns(l), width, "{name}: ragged row {l}");
+                }
+            } else if name.ends_with(".svg") {
+                assert!(text.trim_start().starts_with("<svg"), "{name}");
+                assert!(text.trim_end().ends_with("</svg>"), "{name}");
+                assert_eq!(text.matches("<svg").count(), 1);
+            } else {
+                // Markdown tables: every row of a table has as many cells as its header.
+                let mut width = None;
+                for l in text.lines() {
+                    if l.starts_with('|') {
+                        let cells = l.matches('|').count();
+                        match width {
+                            None => width = Some(cells),
+                            Some(w) => assert_eq!(cells, w, "{name}: ragged table row {l}"),
+                        }
+                    } else {
+                        width = None;
+                    }
+                }
+            }
+        }
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        for section in [
+            "## Machine",
+            "## Summary",
+            "## Targets",
+            "## FLOP model",
+            "## Notices",
+        ] {
+            assert!(md.contains(section), "missing {section}");
+        }
+        // Synthetic times follow the model exactly, so the lean target is met
+        // and the CUDA members are reported as skipped, not silently dropped.
+        let targets = std::fs::read_to_string(dir.join("targets.csv")).unwrap();
+        assert!(targets.contains("met"));
+        let csv = std::fs::read_to_string(dir.join("measurements.csv")).unwrap();
+        assert!(csv.contains("skipped,\"no CUDA device, with a comma\""));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,287 @@
+//! The `overhead-report` main loop: plan, measure group by group with
+//! progress on stderr, profile, write the report folder.
+
+use crate::overhead::analysis::{GroupResult, MemberResult, Outcome, RunResult};
+use crate::overhead::cli::{Options, PlanName, HELP};
+use crate::overhead::machine::{load_average, Machine};
+use crate::overhead::measure::{measure_interleaved, Progress, RoundPolicy, Workload};
+use crate::overhead::plan::{GroupKind, Plan};
+use crate::overhead::profile::profile_reference;
+use crate::overhead::report::{summary_markdown, write_report};
+use crate::overhead::workloads::{build, cuda_available, Built};
+use crate::overhead::{Backend, Result};
+use std::time::Instant;
+
+/// Seconds as `1m23s`.
+pub fn clock(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The plan the options select.
+pub fn plan_for(opts: &Options) -> Plan {
+    let mut plan = match opts.plan {
+        PlanName::Cpu => Plan::cpu(),
+        PlanName::Full => Plan::full(),
+        PlanName::Quick => Plan::quick(),
+    };
+    plan.retain_groups(&opts.only);
+    plan.scale_budgets(opts.time_scale);
+    if opts.no_profile || !opts.only.is_empty() {
+        plan.profile = None;
+    }
+    plan
+}
+
+/// A rough forecast of a group's seconds (budget plus warm-up and calibration).
+fn forecast(budget_s: f64) -> f64 {
+    budget_s * 1.35 + 2.0
+}
+
+/// Runs `opts` and returns the result, printing progress to stderr.
+pub fn run(opts: &Options, command: String) -> Result<RunResult> {
+    if let Some(n) = opts.threads {
+        // matrixmultiply reads this once, at its first product.
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+        tch::set_num_threads(n as i32);
+    }
+    let plan = plan_for(opts);
+    let mut notices = Vec::new();
+    let cuda = if plan.uses_cuda() {
+        if cuda_available() {
+            let tf32 = clae_accelerated::device::tf32_allowed()
+                .map(|b| if b { "TF32 allowed" } else { "TF32 off" })
+                .unwrap_or("TF32 state unknown");
+            format!(
+                "{} device(s); libtorch defaults ({tf32})",
+                clae_accelerated::device::cuda_device_count()
+            )
+        } else {
+            let n = plan
+                .groups
+                .iter()
+                .flat_map(|g| &g.members)
+                .filter(|m| m.imp.backend == Backend::TchCuda)
+                .count();
+            let msg = format!("CUDA is not available on this machine: the {n} CUDA members of the `{}` plan are skipped", plan.name);
+            eprintln!("notice: {msg}");
+            notices.push(msg);
+            "not available".to_string()
+        }
+    } else {
+        "not used by this plan".to_string()
+    };
+    let mut machine = Machine::detect(cuda);
+    let start = Instant::now();
+    let total_forecast: f64 = plan
+        .groups
+        .iter()
+        .map(|g| forecast(g.budget_s))
+        .sum::<f64>()
+        + if plan.profile.is_some() { 25.0 } else { 0.0 };
+    eprintln!(
+        "overhead-report: plan `{}`, {} groups, about {} of measurement (load average {}); output to {}",
+        plan.name,
+        plan.groups.len(),
+        clock(total_forecast),
+        machine.load_before,
+        opts.out.display()
+    );
+    let mut remaining = total_forecast;
+    let mut groups = Vec::new();
+    let ngroups = plan.groups.len();
+    for (gi, group) in plan.groups.iter().enumerate() {
+        let g_start = Instant::now();
+        let load = load_average();
+        eprintln!(
+            "[{}/{ngroups}] {} — {} ({} members, ~{}; total {} elapsed, ~{} left; load {load})",
+            gi + 1,
+            group.id,
+            group.title,
+            group.members.len(),
+            clock(forecast(group.budget_s)),
+            clock(start.elapsed().as_secs_f64()),
+            clock(remaining)
+        );
+        let mut results: Vec<MemberResult> = Vec::new();
+        let mut ready: Vec<(usize, Box<dyn Workload>)> = Vec::new();
+        for m in &group.members {
+            let flops = m.task.flops();
+            let outcome = match build(m) {
+                Ok(Built::Ready(w)) => {
+                    ready.push((results.len(), w));
+                    None
+                }
+                Ok(Built::Skipped(why)) => {
+                    let msg = format!("{} / {}: skipped — {why}", group.id, m.label());
+                    eprintln!("  notice: {msg}");
+                    notices.push(msg);
+                    Some(Outcome::Skipped(why))
+                }
+                Err(e) => {
+                    let msg = format!("{} / {}: could not be set up — {e}", group.id, m.label());
+                    eprintln!("  notice: {msg}");
+                    notices.push(msg);
+                    Some(Outcome::Failed(e.to_string()))
+                }
+            };
+            results.push(MemberResult {
+                member: *m,
+                flops,
+                outcome: outcome.unwrap_or(Outcome::Skipped(String::new())),
+            });
+        }
+        let policy = RoundPolicy {
+            budget_s: group.budget_s,
+            min_rounds: group.min_rounds,
+            max_rounds: group.max_rounds,
+            min_sample_s: 0.02,
+        };
+        let mut rounds = 0;
+        if !ready.is_empty() {
+            let mut refs: Vec<&mut dyn Workload> = ready
+                .iter_mut()
+                .map(|(_, w)| w.as_mut() as &mut dyn Workload)
+                .collect();
+            let mut report = |p: Progress| match p {
+                Progress::Calibrated { rounds, round_s } => {
+                    eprintln!("  warm-up done: {rounds} rounds of ~{:.2} s", round_s)
+                }
+                Progress::Round { done, rounds } => {
+                    if done == rounds || done % 5 == 0 || rounds <= 8 {
+                        eprintln!(
+                            "  round {done}/{rounds} ({} in this group)",
+                            clock(g_start.elapsed().as_secs_f64())
+                        );
+                    }
+                }
+            };
+            match measure_interleaved(&mut refs, &policy, &mut report) {
+                Ok(stats) => {
+                    for ((idx, _), st) in ready.iter().zip(stats) {
+                        rounds = st.samples.len();
+                        results[*idx].outcome = Outcome::Measured(st);
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("{}: measurement failed — {e}", group.id);
+                    eprintln!("  notice: {msg}");
+                    notices.push(msg);
+                    for (idx, _) in &ready {
+                        results[*idx].outcome = Outcome::Failed(e.to_string());
+                    }
+                }
+            }
+        }
+        drop(ready);
+        let wall_s = g_start.elapsed().as_secs_f64();
+        remaining = (remaining - forecast(group.budget_s)).max(0.0);
+        print_group_line(group, &results);
+        groups.push(GroupResult {
+            group: group.clone(),
+            members: results,
+            wall_s,
+            rounds,
+            load,
+        });
+    }
+    let profile = match &plan.profile {
+        Some(pp) => {
+            eprintln!(
+                "[profile] where the reference step's time goes ({} elapsed)",
+                clock(start.elapsed().as_secs_f64())
+            );
+            let loss_ns: Vec<usize> = plan
+                .groups
+                .iter()
+                .filter_map(|g| match g.kind {
+                    GroupKind::Loss { n, .. } if n >= 256 => Some(n),
+                    _ => None,
+                })
+                .collect();
+            match profile_reference(pp, &loss_ns, true, &mut |line| eprintln!("  {line}")) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let msg = format!("profile failed — {e}");
+                    eprintln!("  notice: {msg}");
+                    notices.push(msg);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    machine.load_after = load_average();
+    let result = RunResult {
+        plan_name: plan.name.clone(),
+        command,
+        machine,
+        groups,
+        profile,
+        wall_s: start.elapsed().as_secs_f64(),
+        notices,
+    };
+    Ok(result)
+}
+
+fn print_group_line(group: &crate::overhead::plan::Group, results: &[MemberResult]) {
+    let parts: Vec<String> = results
+        .iter()
+        .filter_map(|r| {
+            r.median()
+                .map(|m| format!("{} {:.2} ms", r.member.label(), m * 1e3))
+        })
+        .collect();
+    if !parts.is_empty() {
+        eprintln!("  {}: {}", group.id, parts.join(", "));
+    }
+}
+
+/// The binary's entry point: parse, run, write, print the summary. Returns
+/// the process exit code.
+pub fn main_with_args(args: Vec<String>) -> Result<i32> {
+    let opts = crate::overhead::cli::parse(&args)?;
+    if opts.help {
+        print!("{HELP}");
+        return Ok(0);
+    }
+    if opts.list {
+        let plan = plan_for(&opts);
+        println!("plan `{}`:", plan.name);
+        for g in &plan.groups {
+            println!(
+                "  {:<24} {} ({} members, budget {:.0} s)",
+                g.id,
+                g.title,
+                g.members.len(),
+                g.budget_s
+            );
+            for m in &g.members {
+                println!("      {}", m.label());
+            }
+        }
+        if let Some(p) = plan.profile {
+            println!(
+                "  profile: reference f32 MLP {}-{}x{}-{} at N {}",
+                p.config.d_in, p.config.hidden, p.config.depth, p.config.d, p.n
+            );
+        }
+        return Ok(0);
+    }
+    let command = std::iter::once("overhead-report".to_string())
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let result = run(&opts, command)?;
+    let files = write_report(&result, &opts.out)?;
+    println!("\n{}", summary_markdown(&result));
+    println!("wrote:");
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(0)
+}
