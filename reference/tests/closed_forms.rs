@@ -523,6 +523,7 @@ fn alpha_zero_clae_step_equals_plain_step_exactly() {
             let mut adv_before = Vec::new();
             for step in 0..3 {
                 adv_before.push(mlp_adv_affine(&m_clae));
+                let snapshot = m_clae.clone();
                 let rp = plain_step(
                     &mut m_plain,
                     &mut o_plain,
@@ -548,6 +549,15 @@ fn alpha_zero_clae_step_equals_plain_step_exactly() {
                 }
                 for (a, b) in m_plain.backbone.iter().zip(&m_clae.backbone) {
                     assert_eq!(a.bn.clean, b.bn.clean);
+                }
+                // the adv running statistics track Q_adv: one adv-mode pass
+                // of Q_adv with the pre-step parameters, folded in once
+                let mut replay = snapshot;
+                let q_adv = rc.q_adv.unwrap();
+                replay.forward_train(q_adv.view(), Branch::Adv).unwrap();
+                for (a, b) in replay.backbone.iter().zip(&m_clae.backbone) {
+                    assert_eq!(a.bn.adv.running_mean, b.bn.adv.running_mean);
+                    assert_eq!(a.bn.adv.running_var, b.bn.adv.running_var);
                 }
             }
             // The adv branch legitimately differs. Plain step: its affine
