@@ -472,7 +472,7 @@ fn quick_end_to_end_on_the_real_data() {
     };
     let out = temp_path("report");
     let options = Options {
-        out: out.clone(),
+        out: Some(out.clone()),
         data: Some(path),
         progress: false,
         ..Options::quick()
@@ -520,4 +520,54 @@ fn quick_end_to_end_on_the_real_data() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("quick smoke run") && md.contains("Welch"));
     std::fs::remove_dir_all(&out).ok();
+}
+
+fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn tch_backend_starts_where_the_reference_starts_and_takes_the_same_first_step() {
+    let d = small_digits();
+    let p = d.images.slice(ndarray::s![0..10, ..]).to_owned();
+    let q = p.mapv(|v| 0.9 * v + 0.05);
+    for method in [Method::Plain, Method::Clae] {
+        let mut cfg = TrainConfig::digits(LossKind::Plain, method);
+        cfg.model.hidden = 16;
+        cfg.model.d = 8;
+        let mut reference = make_trainer(Backend::ReferenceF32, &cfg, 7).unwrap();
+        let mut torch = make_trainer(Backend::TchCpuF32, &cfg, 7).unwrap();
+        assert_eq!(torch.backend(), "tch-cpu-f32");
+        let before = max_abs_diff(
+            &reference.embed_eval(d.view()).unwrap(),
+            &torch.embed_eval(d.view()).unwrap(),
+        );
+        assert!(before < 1e-5, "initial embeddings differ by {before}");
+        let (lr, lt) = match method {
+            Method::Plain => (
+                reference.plain_step(p.view(), q.view()).unwrap(),
+                torch.plain_step(p.view(), q.view()).unwrap(),
+            ),
+            _ => (
+                reference.clae_step(p.view(), q.view()).unwrap(),
+                torch.clae_step(p.view(), q.view()).unwrap(),
+            ),
+        };
+        // SPEC 8: f32 values of one step agree to 1e-4 relative.
+        for (a, b) in [(lr.total, lt.total), (lr.clean, lt.clean)] {
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "{method:?}: {a} vs {b}");
+        }
+        assert_eq!(lr.adv.is_some(), lt.adv.is_some());
+        let after = max_abs_diff(
+            &reference.embed_eval(d.view()).unwrap(),
+            &torch.embed_eval(d.view()).unwrap(),
+        );
+        assert!(
+            after < 1e-4,
+            "{method:?}: embeddings after one step differ by {after}"
+        );
+    }
 }

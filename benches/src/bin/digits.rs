@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             println!("{}\n", report::conclusion(&rep));
             println!(
                 "Report written to {}/ (report.md, runs.csv, curves.csv, learning_curves.svg, final_accuracy.svg) in {:.0} s.",
-                rep.options.out.display(),
+                rep.options.out_dir().display(),
                 rep.seconds
             );
             ExitCode::SUCCESS

@@ -12,6 +12,7 @@
 //! * [`train`] — a small [`train::Trainer`] trait (plain step, CLAE step,
 //!   eval-mode embedding) implemented for the reference encoder, and the
 //!   training loop that records a learning curve and wall-clock per epoch;
+//!   [`tch_trainer`] implements the trait with `clae-accelerated` (libtorch);
 //! * [`eval`] — weighted kNN top-1 (InstDisc/UEL protocol: `k = 200`,
 //!   `T = 0.1`), 1-NN, a linear probe, and the reference's representation
 //!   diagnostics (effective rank, alignment, uniformity);
@@ -26,6 +27,7 @@ pub mod eval;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tch_trainer;
 pub mod train;
 
 use std::path::PathBuf;
@@ -82,6 +84,13 @@ pub enum DigitsError {
         /// The SVG file.
         path: PathBuf,
         /// The plotting library's message.
+        message: String,
+    },
+    /// The libtorch backend failed (device unavailable, libtorch error, or
+    /// its own input validation).
+    #[error("libtorch backend: {message}")]
+    Backend {
+        /// What went wrong.
         message: String,
     },
     /// Training diverged (a loss became NaN or infinite).

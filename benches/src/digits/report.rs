@@ -464,17 +464,22 @@ pub fn markdown(rep: &Replication) -> String {
     let _ = writeln!(s, "# Plain vs CLAE on scikit-learn's 8x8 digits\n");
     let _ = writeln!(
         s,
-        "{}{} — {} seeds x {} loss(es) x 2 methods = {} runs, {} epochs each, backend `{}`; {} on {} ({threads} threads); total {:.0} s.\n",
+        "{}{} — {} seeds x {} loss(es) x {} methods = {} runs, {} epochs each, backend `{}`; {} on {} ({threads} threads); total {:.0} s{}.\n",
         today(),
         if o.quick { " — **quick smoke run, not a result**" } else { "" },
         o.seeds,
         rep.configs.len(),
+        o.methods.len(),
         rep.runs.len(),
         o.epochs,
         o.backend.name(),
         std::env::consts::OS,
         cpu_model(),
         rep.seconds,
+        match rep.load_average {
+            Some((a, b)) => format!(" (1-minute load average {a:.1} at the start, {b:.1} at the end)"),
+            None => String::new(),
+        }
     );
     let _ = writeln!(
         s,
@@ -563,6 +568,19 @@ pub fn markdown(rep: &Replication) -> String {
     }
     let _ = writeln!(
         s,
+        "* Backend `{}`: {}.",
+        o.backend.name(),
+        match o.backend {
+            super::train::Backend::ReferenceF32 | super::train::Backend::ReferenceF64 =>
+                "the pure-ndarray reference (hand-written backward passes; matmuls by matrixmultiply, threaded)".to_string(),
+            _ => format!(
+                "libtorch through clae-accelerated (autograd), same initial weights and batches as the reference run of each seed; {} intra-op thread(s)",
+                o.torch_threads
+            ),
+        }
+    );
+    let _ = writeln!(
+        s,
         "* kNN: cosine similarity, weighted vote exp(s / 0.1) over the k = 200 nearest training embeddings (InstDisc/UEL protocol), and k = 1. Diagnostics on the test set: effective rank of `z` (SVD), alignment E‖z − z'‖² over two augmented views of each test image (fixed view seed), uniformity log E exp(−2‖z_i − z_j‖²).\n"
     );
     s.push_str(&hyper_parameter_table(&rep.configs));
@@ -575,11 +593,17 @@ pub fn markdown(rep: &Replication) -> String {
     s.push_str("* `curves.csv` — one row per run and epoch: losses, seconds, test kNN-200.\n");
     s.push_str("* `learning_curves.svg` — test kNN-200 per epoch, mean ± std over seeds.\n");
     s.push_str("* `final_accuracy.svg` — final kNN-200, 1-NN and probe accuracy per run.\n");
-    let _ = writeln!(
-        s,
-        "\nReproduce: `scripts/digits.sh{}`.",
-        if o.quick { " --quick" } else { "" }
-    );
+    let mut args = String::new();
+    if o.quick {
+        args.push_str(" --quick");
+    }
+    if o.backend != super::train::Backend::ReferenceF32 {
+        let _ = write!(args, " --backend {}", o.backend.name());
+    }
+    if !o.methods.contains(&Method::ClaeEps0) {
+        args.push_str(" --no-control");
+    }
+    let _ = writeln!(s, "\nReproduce: `scripts/digits.sh{args}`.");
     s
 }
 
@@ -687,10 +711,10 @@ fn write_file(path: &Path, contents: &str) -> Result<()> {
     })
 }
 
-/// Writes every report file into `rep.options.out` (created if needed) and
+/// Writes every report file into [`Options::out_dir`](super::run::Options::out_dir) (created if needed) and
 /// returns their paths.
 pub fn write(rep: &Replication) -> Result<Vec<PathBuf>> {
-    let dir = &rep.options.out;
+    let dir = &rep.options.out_dir();
     std::fs::create_dir_all(dir).map_err(|e| DigitsError::Io {
         what: "creating the report folder".into(),
         path: dir.clone(),

@@ -24,8 +24,14 @@ Options:
   --losses LIST       comma-separated subset of plain,simclr,uel (default all)
   --no-control        skip the control: CLAE with eps = 0 (the same extra
                       loss term and cost, no perturbation); run by default
-  --backend NAME      reference-f32 (default) or reference-f64
-  --out DIR           report folder (default report-out/digits)
+  --backend NAME      reference-f32 (default), reference-f64, tch-cpu-f32
+                      (libtorch, same configuration and initial weights)
+                      or tch-cuda-f32
+  --torch-threads N   libtorch intra-op threads for the tch backends
+                      (default 1: the matrices are small, and on a busy
+                      machine OpenMP's spin-waiting is ~10x slower)
+  --out DIR           report folder (default report-out/digits, or
+                      report-out/digits-BACKEND for a non-default backend)
   --data PATH         digits.csv.gz (default $CLAE_DIGITS_CSV, else
                       ${XDG_CACHE_HOME:-$HOME/.cache}/clae/digits.csv.gz)
   --no-progress       no progress bars
@@ -47,12 +53,14 @@ pub struct Options {
     pub methods: Vec<Method>,
     /// Implementation.
     pub backend: Backend,
-    /// Report folder.
-    pub out: PathBuf,
+    /// Report folder (`None`: [`Options::out_dir`]'s default).
+    pub out: Option<PathBuf>,
     /// Data file (`None`: [`data::default_path`]).
     pub data: Option<PathBuf>,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// libtorch intra-op threads (tch backends only).
+    pub torch_threads: usize,
 }
 
 /// Seed of the train/test split (fixed for every run and every invocation).
@@ -69,9 +77,10 @@ impl Default for Options {
             losses: LossKind::ALL.to_vec(),
             methods: vec![Method::Plain, Method::Clae, Method::ClaeEps0],
             backend: Backend::ReferenceF32,
-            out: PathBuf::from("report-out/digits"),
+            out: None,
             data: None,
             progress: true,
+            torch_threads: 1,
         }
     }
 }
@@ -116,7 +125,10 @@ impl Options {
                 "--no-control" => o.methods.retain(|&m| m != Method::ClaeEps0),
                 "--seeds" => o.seeds = parse_count("--seeds", &value("--seeds")?)?,
                 "--epochs" => o.epochs = parse_count("--epochs", &value("--epochs")?)?,
-                "--out" => o.out = PathBuf::from(value("--out")?),
+                "--torch-threads" => {
+                    o.torch_threads = parse_count("--torch-threads", &value("--torch-threads")?)?
+                }
+                "--out" => o.out = Some(PathBuf::from(value("--out")?)),
                 "--data" => o.data = Some(PathBuf::from(value("--data")?)),
                 "--backend" => o.backend = Backend::parse(&value("--backend")?)?,
                 "--losses" => {
@@ -144,6 +156,16 @@ impl Options {
             ));
         }
         Ok(Some(o))
+    }
+
+    /// Where the report goes: `--out`, else `report-out/digits` for the
+    /// default backend and `report-out/digits-<backend>` for the others.
+    pub fn out_dir(&self) -> PathBuf {
+        match (&self.out, self.backend) {
+            (Some(p), _) => p.clone(),
+            (None, Backend::ReferenceF32) => PathBuf::from("report-out/digits"),
+            (None, b) => PathBuf::from(format!("report-out/digits-{}", b.name())),
+        }
     }
 
     /// The training configuration of (`loss`, `method`) under these options.
@@ -202,12 +224,29 @@ pub struct Replication {
     pub baseline: PixelBaseline,
     /// Total wall-clock seconds.
     pub seconds: f64,
+    /// The 1-minute load average (`/proc/loadavg`) at the start and the end,
+    /// where available: other processes on the machine inflate wall-clock.
+    pub load_average: Option<(f64, f64)>,
+}
+
+/// The 1-minute load average from `/proc/loadavg` (Linux only).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Loads the data, trains every configuration for every seed, writes the
 /// report to `options.out`, and returns the results.
 pub fn run(options: &Options) -> Result<Replication> {
     let started = Instant::now();
+    if matches!(options.backend, Backend::TchCpuF32 | Backend::TchCudaF32) {
+        tch::set_num_threads(options.torch_threads.min(i32::MAX as usize) as i32);
+    }
+    let load_at_start = load_average();
     let data_path = match &options.data {
         Some(p) => p.clone(),
         None => data::default_path()?,
@@ -264,6 +303,7 @@ pub fn run(options: &Options) -> Result<Replication> {
         runs,
         baseline,
         seconds: started.elapsed().as_secs_f64(),
+        load_average: load_at_start.zip(load_average()),
     };
     report::write(&rep)?;
     Ok(rep)

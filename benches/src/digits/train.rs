@@ -10,6 +10,7 @@
 use super::augment::{augment_batch, AugmentConfig};
 use super::data::{Digits, CLASSES, PIXELS};
 use super::eval::{diagnostics, knn_top1, linear_probe, Diagnostics, ProbeConfig, KNN_K, KNN_T};
+use super::tch_trainer::TchTrainer;
 use super::{DigitsError, Result};
 use clae_reference::encoder::{Mlp, MlpConfig};
 use clae_reference::loss::LossKind;
@@ -61,6 +62,10 @@ pub enum Backend {
     ReferenceF32,
     /// The pure-ndarray reference in `f64` (slower; for checking).
     ReferenceF64,
+    /// libtorch through `clae-accelerated`, CPU, `f32`.
+    TchCpuF32,
+    /// libtorch through `clae-accelerated`, CUDA device 0, `f32`.
+    TchCudaF32,
 }
 
 impl Backend {
@@ -69,6 +74,8 @@ impl Backend {
         match self {
             Backend::ReferenceF32 => "reference-f32",
             Backend::ReferenceF64 => "reference-f64",
+            Backend::TchCpuF32 => "tch-cpu-f32",
+            Backend::TchCudaF32 => "tch-cuda-f32",
         }
     }
 
@@ -77,9 +84,13 @@ impl Backend {
         match s {
             "reference" | "reference-f32" => Ok(Backend::ReferenceF32),
             "reference-f64" => Ok(Backend::ReferenceF64),
+            "tch" | "tch-cpu-f32" => Ok(Backend::TchCpuF32),
+            "tch-cuda-f32" => Ok(Backend::TchCudaF32),
             _ => Err(DigitsError::config(
                 "backend",
-                format!("expected reference-f32 or reference-f64, got {s:?}"),
+                format!(
+                    "expected reference-f32, reference-f64, tch-cpu-f32 or tch-cuda-f32, got {s:?}"
+                ),
             )),
         }
     }
@@ -284,6 +295,8 @@ pub fn make_trainer(backend: Backend, cfg: &TrainConfig, seed: u64) -> Result<Bo
     Ok(match backend {
         Backend::ReferenceF32 => Box::new(ReferenceTrainer::<f32>::new(cfg, seed)?),
         Backend::ReferenceF64 => Box::new(ReferenceTrainer::<f64>::new(cfg, seed)?),
+        Backend::TchCpuF32 => Box::new(TchTrainer::new(cfg, seed, tch::Device::Cpu)?),
+        Backend::TchCudaF32 => Box::new(TchTrainer::new(cfg, seed, tch::Device::Cuda(0))?),
     })
 }
 
