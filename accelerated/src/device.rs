@@ -13,6 +13,16 @@
 //! RTLD_GLOBAL`) once, which runs its static initialisers and registers the
 //! backend; [`cuda_available`] does that before asking libtorch.
 //!
+//! The load must come **before any CUDA query**: libtorch caches its CUDA
+//! hooks on first use, so a `tch::Cuda::is_available()` (or
+//! `tch::Device::cuda_if_available()`, `tch::autocast`) made while the
+//! backend is missing leaves CUDA unusable for the rest of the process,
+//! loaded library or not. So that no caller can get the order wrong, this
+//! crate also runs [`load_cuda_backend`] from an ELF constructor
+//! (`.init_array`) when the program starts, before `main`; set
+//! `CLAE_NO_CUDA_PRELOAD=1` to skip that (the loading test uses it to see
+//! the process without the backend).
+//!
 //! # TF32 and bf16
 //!
 //! tch 0.24 exposes neither `torch.backends.{cuda.matmul,cudnn}.allow_tf32`
@@ -149,6 +159,26 @@ pub fn load_cuda_backend() -> std::result::Result<(), String> {
             Err(errors.join("; "))
         })
         .clone()
+}
+
+/// Runs [`load_cuda_backend`] at program start (see the module docs).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static PRELOAD_CUDA_BACKEND: extern "C" fn() = preload_cuda_backend;
+
+#[cfg(target_os = "linux")]
+extern "C" fn preload_cuda_backend() {
+    // Runs before `main`: only libc and the environment are touched.
+    if std::env::var_os("CLAE_NO_CUDA_PRELOAD").is_none() {
+        let _ = load_cuda_backend();
+    }
+}
+
+/// Whether [`load_cuda_backend`] has already run in this process (at
+/// start-up, unless `CLAE_NO_CUDA_PRELOAD` is set, or on first use).
+pub fn cuda_backend_load_attempted() -> bool {
+    CUDA_BACKEND.get().is_some()
 }
 
 /// Whether a CUDA device can be used: loads the CUDA backend (once), then

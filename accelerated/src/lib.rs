@@ -36,6 +36,8 @@
 //! assert!(report.total.is_finite());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod adversarial;
 mod check;
 pub mod convert;

@@ -195,6 +195,7 @@ impl Optimizer {
             }
             .into());
         }
+        let mut present = Vec::new();
         for ((name, p), g) in self.names.iter().zip(&params).zip(&grads.tensors) {
             if let Some(g) = g {
                 if g.size() != p.size() {
@@ -205,9 +206,12 @@ impl Optimizer {
                     }
                     .into());
                 }
-                crate::check::finite(&format!("gradient of {name}"), g)?;
+                present.push((format!("gradient of {name}"), g));
             }
         }
+        // one device synchronisation for all of them
+        let named: Vec<(&str, &Tensor)> = present.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+        crate::check::all_finite(&named)?;
         let config = self.config;
         match &mut self.inner {
             Inner::TensorOps(state) => tch::no_grad(|| -> Result<()> {
