@@ -4,6 +4,7 @@
 
 mod common;
 
+use approx::assert_relative_eq;
 use clae_reference::adversarial::{
     adversarial_view, adversarial_view_authors, AdvConfig, Attack, QStart, Recipe,
 };
@@ -71,12 +72,12 @@ fn simclr_loss_n2_by_hand() {
     let l_q1 = -sb / tau + (e(cb) + e(sb) + e(cab)).ln();
     let expected = (l_p0 + l_p1 + l_q0 + l_q1) / 4.0;
     let got = loss_value(LossKind::SimClr, z_p.view(), z_q.view(), tau).unwrap();
-    assert!(rel_err_scalar(got, expected) < 1e-15, "{got} vs {expected}");
+    assert_relative_eq!(got, expected, max_relative = 1e-15);
     // the loss normalises its inputs: scaling rows changes nothing
     let scaled_p = &z_p * &array![[3.0], [0.25]];
     let scaled_q = &z_q * &array![[0.5], [7.0]];
     let got_scaled = loss_value(LossKind::SimClr, scaled_p.view(), scaled_q.view(), tau).unwrap();
-    assert!(rel_err_scalar(got_scaled, expected) < 1e-14);
+    assert_relative_eq!(got_scaled, expected, max_relative = 1e-14);
 }
 
 #[test]
@@ -96,7 +97,7 @@ fn uel_loss_n2_by_hand() {
     let l_q1 = row(e(sb), e(cb), e(cab));
     let expected = (l_p0 + l_p1 + l_q0 + l_q1) / 4.0;
     let got = loss_value(LossKind::Uel, z_p.view(), z_q.view(), tau).unwrap();
-    assert!(rel_err_scalar(got, expected) < 1e-15, "{got} vs {expected}");
+    assert_relative_eq!(got, expected, max_relative = 1e-15);
 }
 
 #[test]
@@ -131,9 +132,21 @@ fn losses_agree_with_naive_implementations_on_random_batches() {
             let simclr = loss_value(LossKind::SimClr, z_p.view(), z_q.view(), tau).unwrap();
             let uel = loss_value(LossKind::Uel, z_p.view(), z_q.view(), tau).unwrap();
             let x = stack(z_p.view(), z_q.view());
-            assert!(rel_err_scalar(plain, naive_plain(z_p.view(), z_q.view(), tau)) < 1e-13);
-            assert!(rel_err_scalar(simclr, naive_simclr(z_p.view(), z_q.view(), tau)) < 1e-13);
-            assert!(rel_err_scalar(uel, naive_uel_frozen(x.view(), x.view(), tau)) < 1e-13);
+            assert_relative_eq!(
+                plain,
+                naive_plain(z_p.view(), z_q.view(), tau),
+                max_relative = 1e-13
+            );
+            assert_relative_eq!(
+                simclr,
+                naive_simclr(z_p.view(), z_q.view(), tau),
+                max_relative = 1e-13
+            );
+            assert_relative_eq!(
+                uel,
+                naive_uel_frozen(x.view(), x.view(), tau),
+                max_relative = 1e-13
+            );
         }
     }
 }

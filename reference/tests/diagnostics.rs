@@ -4,6 +4,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use clae_reference::diagnostics::{alignment, effective_rank, singular_values, uniformity};
 use clae_reference::rng::Rng;
 use common::*;
@@ -72,11 +73,15 @@ fn singular_values_and_effective_rank_of_known_spectra() {
         assert!(rel_err(&s32, &want) < 1e-6);
     }
     // the extremes: rank one gives 1, r equal values give r, zero gives 0
-    assert!((erank(&[3.0]) - 1.0).abs() < 1e-15);
+    assert_abs_diff_eq!(erank(&[3.0]), 1.0, epsilon = 1e-15);
     let eye = Array2::<f64>::eye(5);
-    assert!((effective_rank(eye.view()).unwrap() - 5.0).abs() < 1e-12);
+    assert_abs_diff_eq!(effective_rank(eye.view()).unwrap(), 5.0, epsilon = 1e-12);
     let rank_one = array![[1.0, 2.0], [2.0, 4.0], [-1.0, -2.0]];
-    assert!((effective_rank(rank_one.view()).unwrap() - 1.0).abs() < 1e-12);
+    assert_abs_diff_eq!(
+        effective_rank(rank_one.view()).unwrap(),
+        1.0,
+        epsilon = 1e-12
+    );
     assert_eq!(
         effective_rank(Array2::<f64>::zeros((4, 3)).view()).unwrap(),
         0.0
@@ -86,7 +91,7 @@ fn singular_values_and_effective_rank_of_known_spectra() {
         + (1.0 / 3.0) * (1.0f64 / 3.0).ln()
         + (1.0 / 6.0) * (1.0f64 / 6.0).ln());
     let z = array![[3.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]];
-    assert!((effective_rank(z.view()).unwrap() - h.exp()).abs() < 1e-13);
+    assert_abs_diff_eq!(effective_rank(z.view()).unwrap(), h.exp(), epsilon = 1e-13);
 }
 
 #[test]
@@ -95,9 +100,9 @@ fn alignment_by_hand() {
     let z_p = array![[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]];
     let z_q = array![[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]];
     let a2 = alignment(z_p.view(), z_q.view(), 2.0).unwrap();
-    assert!((a2 - (0.0 + 2.0 + 4.0) / 3.0).abs() < 1e-15);
+    assert_abs_diff_eq!(a2, (0.0 + 2.0 + 4.0) / 3.0, epsilon = 1e-15);
     let a1 = alignment(z_p.view(), z_q.view(), 1.0).unwrap();
-    assert!((a1 - (0.0 + 2f64.sqrt() + 2.0) / 3.0).abs() < 1e-15);
+    assert_abs_diff_eq!(a1, (0.0 + 2f64.sqrt() + 2.0) / 3.0, epsilon = 1e-15);
     // f32 input
     let a32 = alignment(
         z_p.mapv(|v| v as f32).view(),
