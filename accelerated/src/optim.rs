@@ -181,8 +181,9 @@ impl Optimizer {
     /// p <- p − (lr / (1 − β1^t)) m / ( √v / √(1 − β2^t) + eps )
     /// ```
     ///
-    /// Errors: gradients for another parameter list (`InvalidState`), a
-    /// gradient of the wrong shape, a non-finite gradient.
+    /// Errors (nothing is changed then): gradients for another parameter
+    /// list (`InvalidState`), a non-finite parameter or buffer, a gradient of
+    /// the wrong shape or with a non-finite value.
     pub fn step<E: Encoder + ?Sized>(&mut self, enc: &mut E, grads: &Gradients) -> Result<()> {
         let params = enc.parameters();
         if grads.names != self.names || grads.tensors.len() != params.len() {
@@ -195,23 +196,31 @@ impl Optimizer {
             }
             .into());
         }
+        // Everything is checked before the first parameter moves, in the
+        // reference's order: the encoder, then gradient by gradient its shape
+        // and its values. (The values are checked with one device
+        // synchronisation: all gradients before the first misshapen one.)
+        enc.validate()?;
         let mut present = Vec::new();
+        let mut misshapen = None;
         for ((name, p), g) in self.names.iter().zip(&params).zip(&grads.tensors) {
             if let Some(g) = g {
                 if g.size() != p.size() {
-                    return Err(ClaeError::ShapeMismatch {
+                    misshapen = Some(ClaeError::ShapeMismatch {
                         what: format!("gradient of {name}"),
                         expected: format!("{:?}", p.size()),
                         actual: format!("{:?}", g.size()),
-                    }
-                    .into());
+                    });
+                    break;
                 }
                 present.push((format!("gradient of {name}"), g));
             }
         }
-        // one device synchronisation for all of them
         let named: Vec<(&str, &Tensor)> = present.iter().map(|(n, g)| (n.as_str(), *g)).collect();
         crate::check::all_finite(&named)?;
+        if let Some(e) = misshapen {
+            return Err(e.into());
+        }
         let config = self.config;
         match &mut self.inner {
             Inner::TensorOps(state) => tch::no_grad(|| -> Result<()> {

@@ -242,3 +242,36 @@ fn twenty_steps_stay_within_1e_8() {
         );
     }
 }
+
+#[test]
+fn f32_gradients_of_one_step_within_1e_4_of_the_f64_reference() {
+    let config = MlpConfig::new(10, 16, 2, 6);
+    for kind in LossKind::ALL {
+        let mut reference = RefMlp::<f64>::new(config, 31).unwrap();
+        let mut mlp = Mlp::from_reference(&reference, Device::Cpu, Precision::F32).unwrap();
+        let (p, q) = views(8, 10, 32);
+        let cfg = ClaeConfig::paper(kind);
+        let (want, ref_grads) =
+            ref_step::clae_gradients(&mut reference, p.view(), q.view(), &cfg).unwrap();
+        let (got, grads) = acc_step::clae_gradients(&mut mlp, &t32(&p), &t32(&q), &cfg).unwrap();
+        let e_total = ((got.total - want.total) / want.total).abs();
+        let mut worst = 0.0f64;
+        for ((name, g), r) in grads
+            .names
+            .iter()
+            .zip(&grads.tensors)
+            .zip(&ref_grads.tensors)
+        {
+            // pre-BN linear biases: true gradient 0, rounding noise on both sides
+            if name.starts_with("backbone.") && name.ends_with(".linear.bias") {
+                continue;
+            }
+            worst = worst.max(rel_err(&arr(g.as_ref().unwrap()), r.as_ref().unwrap()));
+        }
+        println!("{kind}: f32 vs f64 reference, L_total {e_total:.1e}, gradients {worst:.1e}");
+        assert!(
+            e_total < 1e-4 && worst < 1e-4,
+            "{kind}: {e_total:e} {worst:e}"
+        );
+    }
+}

@@ -522,3 +522,48 @@ fn an_unusable_device_is_an_error_not_a_panic() {
     assert_eq!(e.kind(), None);
     assert!(matches!(e, clae_accelerated::Error::Device(_)), "{e}");
 }
+
+#[test]
+fn optimizer_step_errors_match_the_reference() {
+    let (p, q, _) = good();
+    // gradient 1 non-finite and gradient 4 misshapen: the first in order wins
+    for (nan_at, bad_shape_at) in [
+        (Some(1), None),
+        (None, Some(4)),
+        (Some(1), Some(4)),
+        (Some(6), Some(4)),
+    ] {
+        let (mut r, mut a) = pair();
+        let (_, mut rg) =
+            ref_step::plain_gradients(&mut r, p.view(), q.view(), LossKind::Plain, 0.1).unwrap();
+        let (_, mut ag) =
+            acc_step::plain_gradients(&mut a, &t64(&p), &t64(&q), LossKind::Plain, 0.1).unwrap();
+        if let Some(i) = nan_at {
+            rg.tensors[i]
+                .as_mut()
+                .unwrap()
+                .iter_mut()
+                .for_each(|v| *v = f64::NAN);
+            let mut g = ag.tensors[i].as_ref().unwrap().shallow_clone();
+            let _ = tch::no_grad(|| g.fill_(f64::NAN));
+        }
+        if let Some(i) = bad_shape_at {
+            rg.tensors[i] = Some(ndarray::ArrayD::zeros(vec![1]));
+            ag.tensors[i] = Some(tch::Tensor::zeros([1], (tch::Kind::Double, Device::Cpu)));
+        }
+        for c in [
+            OptimizerConfig::authors_sgd(),
+            OptimizerConfig::authors_adam(),
+        ] {
+            let mut ro = RefOptimizer::new(c, &r).unwrap();
+            let mut ao = acc_optim::Optimizer::new(c, &a).unwrap();
+            let want = show(&ro.step(&mut r, &rg));
+            assert_ne!(want, "ok");
+            assert_eq!(
+                show_acc(&ao.step(&mut a, &ag)),
+                want,
+                "{nan_at:?} {bad_shape_at:?}"
+            );
+        }
+    }
+}
