@@ -9,9 +9,47 @@ use clae_reference::loss::{LossKind, LossOutput};
 use clae_reference::optim::{Optimizer, OptimizerConfig};
 use clae_reference::state::StateDict;
 use clae_reference::step::{clae_step, plain_step, ClaeConfig, StepReport};
-use clae_reference::{Real, Result};
+use clae_reference::{ClaeError, ErrorKind, Real};
 use ndarray::Array2;
 use std::marker::PhantomData;
+
+/// Why a backend call failed: the SPEC 7 kind when the input was bad (the
+/// suite requires both backends to agree on it), and the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// SPEC 7 kind; `None` for a failure that is not about the input
+    /// (libtorch or device trouble), which always fails the suite.
+    pub kind: Option<ErrorKind>,
+    /// The error's message.
+    pub message: String,
+}
+
+impl From<ClaeError> for Failure {
+    fn from(e: ClaeError) -> Self {
+        Failure {
+            kind: Some(e.kind()),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<clae_accelerated::Error> for Failure {
+    fn from(e: clae_accelerated::Error) -> Self {
+        Failure {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+/// Result of a backend call.
+pub type Result<T> = std::result::Result<T, Failure>;
 
 /// Floating-point precision a backend computes in (selects SPEC 8's tolerance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,7 +154,7 @@ impl<F: Real> Reference<F> {
     }
 
     fn mlp(model: &Model) -> Result<Mlp<F>> {
-        Mlp::from_state_dict(model.config, &model.state.cast())
+        Ok(Mlp::from_state_dict(model.config, &model.state.cast())?)
     }
 }
 
@@ -272,6 +310,184 @@ impl<F: Real> Backend for Reference<F> {
             reports,
             state: mlp.state_dict().cast(),
             optimizer: opt.state_dict(&mlp).cast(),
+        })
+    }
+}
+
+/// libtorch through `clae-accelerated`, on a device, in a precision.
+/// `Mode`s, recipes and steps map one to one onto that crate's functions.
+#[derive(Debug, Clone, Copy)]
+pub struct Torch {
+    /// Where it runs.
+    pub device: tch::Device,
+    /// `f32` or `f64`.
+    pub precision: clae_accelerated::device::Precision,
+}
+
+impl Torch {
+    /// On the CPU.
+    pub fn cpu(precision: clae_accelerated::device::Precision) -> Self {
+        Torch {
+            device: tch::Device::Cpu,
+            precision,
+        }
+    }
+
+    /// On the first CUDA device, if there is one (TF32 is switched off, as
+    /// SPEC 8 requires for conformance).
+    pub fn cuda(precision: clae_accelerated::device::Precision) -> Option<Self> {
+        if !clae_accelerated::device::cuda_available() {
+            return None;
+        }
+        clae_accelerated::device::set_tf32_allowed(false).ok()?;
+        Some(Torch {
+            device: tch::Device::Cuda(0),
+            precision,
+        })
+    }
+
+    fn mlp(&self, model: &Model) -> Result<clae_accelerated::mlp::Mlp> {
+        Ok(clae_accelerated::mlp::Mlp::from_state_dict(
+            model.config,
+            &model.state,
+            self.device,
+            self.precision,
+        )?)
+    }
+
+    fn tensor(&self, a: &Array2<f64>) -> Result<tch::Tensor> {
+        let t = clae_accelerated::convert::tensor_from_array(a.view(), self.device)?;
+        Ok(t.f_to_kind(self.precision.kind())
+            .map_err(clae_accelerated::Error::from)?)
+    }
+}
+
+fn array(t: &tch::Tensor) -> Result<Array2<f64>> {
+    Ok(clae_accelerated::convert::array2_from_tensor::<f64>(t)?)
+}
+
+impl Backend for Torch {
+    fn name(&self) -> String {
+        let dev = match self.device {
+            tch::Device::Cpu => "CPU".to_string(),
+            tch::Device::Cuda(i) => format!("CUDA:{i}"),
+            d => format!("{d:?}"),
+        };
+        format!("tch {dev} {}", self.precision.name())
+    }
+
+    fn precision(&self) -> Precision {
+        match self.precision {
+            clae_accelerated::device::Precision::F64 => Precision::F64,
+            _ => Precision::F32,
+        }
+    }
+
+    fn embed(&self, model: &Model, x: &Array2<f64>, mode: Mode) -> Result<Array2<f64>> {
+        use clae_accelerated::Encoder;
+        let mlp = self.mlp(model)?;
+        let x = self.tensor(x)?;
+        let z = tch::no_grad(|| mlp.forward(&x, mode))?;
+        array(&z)
+    }
+
+    fn loss(
+        &self,
+        kind: LossKind,
+        z_p: &Array2<f64>,
+        z_q: &Array2<f64>,
+        tau: f64,
+    ) -> Result<LossOutput<f64>> {
+        let out = clae_accelerated::loss::loss_forward_backward(
+            kind,
+            &self.tensor(z_p)?,
+            &self.tensor(z_q)?,
+            tau,
+        )?;
+        Ok(LossOutput {
+            value: out.value,
+            grad_z_p: array(&out.grad_z_p)?,
+            grad_z_q: array(&out.grad_z_q)?,
+        })
+    }
+
+    fn input_gradient(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        x: &Array2<f64>,
+        kind: LossKind,
+        tau: f64,
+    ) -> Result<Array2<f64>> {
+        let mlp = self.mlp(model)?;
+        let g = clae_accelerated::adversarial::input_gradient(
+            &mlp,
+            &self.tensor(p)?,
+            &self.tensor(x)?,
+            kind,
+            tau,
+        )?;
+        array(&g)
+    }
+
+    fn adversarial_view(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        q: &Array2<f64>,
+        kind: LossKind,
+        tau: f64,
+        adv: &AdvConfig<f64>,
+        recipe: Recipe,
+    ) -> Result<(Array2<f64>, Vec<Array2<f64>>)> {
+        let mut mlp = self.mlp(model)?;
+        let (p, q) = (self.tensor(p)?, self.tensor(q)?);
+        let view = match recipe {
+            Recipe::Lean => {
+                clae_accelerated::adversarial::adversarial_view(&mlp, &p, &q, kind, tau, adv)?
+            }
+            Recipe::Authors => clae_accelerated::adversarial::adversarial_view_authors(
+                &mut mlp, &p, &q, kind, tau, adv,
+            )?,
+        };
+        Ok((
+            array(&view.q_adv)?,
+            view.grads.iter().map(array).collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
+    fn train(
+        &self,
+        model: &Model,
+        optimizer: OptimizerConfig,
+        step: StepKind,
+        batches: &[(Array2<f64>, Array2<f64>)],
+    ) -> Result<Trained> {
+        use clae_accelerated::Encoder;
+        let mut mlp = self.mlp(model)?;
+        let mut opt = clae_accelerated::optim::Optimizer::new(optimizer, &mlp)?;
+        let mut reports = Vec::with_capacity(batches.len());
+        for (p, q) in batches {
+            let (p, q) = (self.tensor(p)?, self.tensor(q)?);
+            let r = match step {
+                StepKind::Plain { loss, tau } => {
+                    clae_accelerated::step::plain_step(&mut mlp, &mut opt, &p, &q, loss, tau)?
+                }
+                StepKind::Clae(c) => {
+                    clae_accelerated::step::clae_step(&mut mlp, &mut opt, &p, &q, &c)?
+                }
+            };
+            reports.push(StepReport {
+                loss_clean: r.loss_clean,
+                loss_adv: r.loss_adv,
+                total: r.total,
+                q_adv: r.q_adv.as_ref().map(array).transpose()?,
+            });
+        }
+        Ok(Trained {
+            reports,
+            state: mlp.state_dict::<f64>()?,
+            optimizer: opt.state_dict::<f64>()?,
         })
     }
 }

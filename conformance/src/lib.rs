@@ -11,4 +11,5 @@
 pub mod backend;
 pub mod json;
 pub mod metrics;
+pub mod suite;
 pub mod vectors;

@@ -87,9 +87,22 @@ pub struct SignReport {
     /// Entries compared.
     pub total: usize,
     /// Entries with `|g_ref| <= threshold · max|g_ref|`, where either sign is accepted.
+    pub below: usize,
+    /// Entries below the threshold whose signs do differ: the excuse was used.
     pub excused: usize,
-    /// Non-excused entries whose signs differ (must be 0).
+    /// Entries above the threshold whose signs differ (must be 0).
     pub mismatched: usize,
+}
+
+impl SignReport {
+    /// Fraction of entries whose sign difference was excused.
+    pub fn excused_fraction(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.excused as f64 / self.total as f64
+        }
+    }
 }
 
 /// `torch.sign`.
@@ -103,21 +116,39 @@ pub fn sign(x: f64) -> f64 {
     }
 }
 
-/// Compares `sign(g_test)` with `sign(g_ref)` where `|g_ref| > threshold · max|g_ref|`.
-pub fn compare_signs(g_test: &Array2<f64>, g_ref: &Array2<f64>, threshold: f64) -> SignReport {
+/// Entries where `|g_ref| <= threshold · max|g_ref|`: where SPEC 8 accepts
+/// either sign.
+pub fn below_threshold(g_ref: &Array2<f64>, threshold: f64) -> Array2<bool> {
     let max = g_ref.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let cut = threshold * max;
+    g_ref.mapv(|v| v.abs() <= threshold * max)
+}
+
+/// Compares `sign(g_test)` with `sign(g_ref)` where `|g_ref| > threshold · max|g_ref|`.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_conformance::metrics::compare_signs;
+/// let r = compare_signs(&array![[1.0, -1e-9, 2.0]], &array![[3.0, 1e-9, 1.0]], 1e-6);
+/// assert_eq!((r.total, r.below, r.excused, r.mismatched), (3, 1, 1, 0));
+/// ```
+pub fn compare_signs(g_test: &Array2<f64>, g_ref: &Array2<f64>, threshold: f64) -> SignReport {
+    let below = below_threshold(g_ref, threshold);
     let mut r = SignReport {
         total: g_ref.len(),
         ..Default::default()
     };
-    Zip::from(g_test).and(g_ref).for_each(|&t, &f| {
-        if f.abs() <= cut {
-            r.excused += 1;
-        } else if sign(t) != sign(f) {
-            r.mismatched += 1;
-        }
-    });
+    Zip::from(g_test)
+        .and(g_ref)
+        .and(&below)
+        .for_each(|&t, &f, &b| {
+            let differ = sign(t) != sign(f);
+            if b {
+                r.below += 1;
+                r.excused += differ as usize;
+            } else {
+                r.mismatched += differ as usize;
+            }
+        });
     r
 }
 
