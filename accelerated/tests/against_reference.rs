@@ -275,3 +275,50 @@ fn f32_gradients_of_one_step_within_1e_4_of_the_f64_reference() {
         );
     }
 }
+
+#[test]
+fn authors_view_side_effects_match_for_pgd_and_q_start() {
+    for (start, attack) in [
+        (QStart::Q, Attack::Fgsm),
+        (
+            QStart::P,
+            Attack::Pgd {
+                steps: 3,
+                eta: 0.01,
+            },
+        ),
+    ] {
+        let (mut reference, mut mlp) = models(MlpConfig::new(8, 12, 2, 4), 41);
+        let (p, q) = views(6, 8, 42);
+        let cfg = AdvConfig {
+            eps: 0.03,
+            start,
+            attack,
+            clamp: None,
+        };
+        let want = ref_adv::adversarial_view_authors(
+            &mut reference,
+            p.view(),
+            q.view(),
+            LossKind::Uel,
+            0.1,
+            &cfg,
+        )
+        .unwrap();
+        let got = acc_adv::adversarial_view_authors(
+            &mut mlp,
+            &t64(&p),
+            &t64(&q),
+            LossKind::Uel,
+            0.1,
+            &cfg,
+        )
+        .unwrap();
+        assert!(
+            rel_err(&arr(&got.q_adv), &want.q_adv) < 1e-15,
+            "{start:?} {attack:?}"
+        );
+        let e = state_err(&mlp.state_dict().unwrap(), &reference.state_dict());
+        assert!(e < 1e-12, "{start:?} {attack:?}: running statistics {e:e}");
+    }
+}
