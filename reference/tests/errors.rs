@@ -229,6 +229,47 @@ fn shape_mismatch_with_the_encoder() {
         || opt.step(&mut mm, &g_other),
     );
     assert!(mm == m, "a failed optimizer step changed the encoder");
+    // steps handed an optimizer made for another encoder fail before
+    // anything moves (running statistics included)
+    let mut opt_wider = sgd(&wider);
+    opt_wider.step(&mut wider.clone(), &g_other).unwrap(); // give it state
+    let shallow_opt = sgd(&Mlp::<f64>::new(MlpConfig::new(D_IN, 6, 1, 3), 0).unwrap());
+    for mut bad in [opt_wider, shallow_opt] {
+        expect_err(
+            "plain_step, foreign optimizer",
+            ErrorKind::InvalidState,
+            "optimizer",
+            || plain_step(&mut mm, &mut bad, p.view(), p.view(), LossKind::Plain, 0.1),
+        );
+        expect_err(
+            "clae_step, foreign optimizer",
+            ErrorKind::InvalidState,
+            "optimizer",
+            || clae_step(&mut mm, &mut bad, p.view(), p.view(), &paper(LossKind::Uel)),
+        );
+        assert!(
+            mm == m,
+            "a step with a foreign optimizer changed the encoder"
+        );
+    }
+    // an optimizer for a deeper encoder, with that encoder's gradients
+    let deeper = Mlp::<f64>::new(MlpConfig::new(D_IN, 6, 3, 3), 0).unwrap();
+    let (_, g_deeper) = plain_gradients(
+        &mut deeper.clone(),
+        p.view(),
+        p.view(),
+        LossKind::Plain,
+        0.1,
+    )
+    .unwrap();
+    let mut opt = sgd(&deeper);
+    expect_err(
+        "optimizer and gradients of a deeper encoder",
+        ErrorKind::InvalidState,
+        "optimizer",
+        || opt.step(&mut mm, &g_deeper),
+    );
+    assert!(mm == m);
     let shallow = Mlp::<f64>::new(MlpConfig::new(D_IN, 6, 1, 3), 0).unwrap();
     let mut opt = sgd(&mm);
     expect_err(

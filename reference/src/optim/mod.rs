@@ -209,6 +209,7 @@ impl<F: Real> Optimizer<F> {
         // Everything is checked before the first parameter moves, so a failed
         // step leaves the encoder and the optimizer state as they were.
         mlp.validate()?;
+        self.check_fits(mlp)?;
         let names = mlp.parameter_names();
         let params = mlp.parameters();
         for (i, g) in grads.present() {
@@ -221,14 +222,6 @@ impl<F: Real> Optimizer<F> {
                 });
             }
             check::finite(&format!("gradient of {}", names[i]), g.view())?;
-            if !self.state[i].as_ref().is_none_or(|st| st.fits(shape)) {
-                return Err(ClaeError::InvalidState {
-                    message: format!(
-                        "optimizer state of {} does not have the parameter's shape {shape:?}",
-                        names[i]
-                    ),
-                });
-            }
         }
         let config = self.config;
         for ((mut p, g), state) in mlp
@@ -327,6 +320,34 @@ impl<F: Real> Optimizer<F> {
                         .and(&*exp_avg_sq)
                         .for_each(|p, &m, &v| *p -= step_size * (m / (v.sqrt() / bc2_sqrt + eps)));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that this optimizer can update `mlp`: one state slot per
+    /// parameter, and every existing state shaped like its parameter (an
+    /// optimizer made for another encoder fails here). The steps call it
+    /// before they touch anything.
+    pub(crate) fn check_fits(&self, mlp: &Mlp<F>) -> Result<()> {
+        let names = mlp.parameter_names();
+        if names.len() != self.state.len() {
+            return Err(ClaeError::InvalidState {
+                message: format!(
+                    "an optimizer of {} parameters cannot update an encoder of {}",
+                    self.state.len(),
+                    names.len()
+                ),
+            });
+        }
+        for ((p, name), state) in mlp.parameters().iter().zip(&names).zip(&self.state) {
+            if !state.as_ref().is_none_or(|st| st.fits(p.shape())) {
+                return Err(ClaeError::InvalidState {
+                    message: format!(
+                        "optimizer state of {name} does not have the parameter's shape {:?}",
+                        p.shape()
+                    ),
+                });
             }
         }
         Ok(())

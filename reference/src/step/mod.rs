@@ -199,6 +199,10 @@ pub fn clae_gradients<F: Real>(
 }
 
 /// One plain contrastive step: [`plain_gradients`], then the optimizer.
+///
+/// On an error nothing has changed — with one exception: if the optimizer
+/// rejects the gradients it was handed (non-finite after an overflow), the
+/// running statistics have already taken this batch.
 pub fn plain_step<F: Real>(
     mlp: &mut Mlp<F>,
     opt: &mut Optimizer<F>,
@@ -207,12 +211,16 @@ pub fn plain_step<F: Real>(
     loss: LossKind,
     tau: F,
 ) -> Result<StepReport<F>> {
+    // an optimizer made for another encoder fails before the running
+    // statistics move
+    opt.check_fits(mlp)?;
     let (report, grads) = plain_gradients(mlp, p, q, loss, tau)?;
     opt.step(mlp, &grads)?;
     Ok(report)
 }
 
-/// One CLAE step: [`clae_gradients`], then the optimizer.
+/// One CLAE step: [`clae_gradients`], then the optimizer. Errors leave
+/// everything as it was, with the exception noted at [`plain_step`].
 ///
 /// ```
 /// use ndarray::Array2;
@@ -232,6 +240,7 @@ pub fn clae_step<F: Real>(
     q: ArrayView2<'_, F>,
     cfg: &ClaeConfig<F>,
 ) -> Result<StepReport<F>> {
+    opt.check_fits(mlp)?;
     let (report, grads) = clae_gradients(mlp, p, q, cfg)?;
     opt.step(mlp, &grads)?;
     Ok(report)
