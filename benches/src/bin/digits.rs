@@ -5,6 +5,7 @@
 
 use clae_benches::digits::report;
 use clae_benches::digits::run::{run, Options, USAGE};
+use clae_benches::digits::train::Backend;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -19,6 +20,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(options.backend, Backend::TchCpuF32 | Backend::TchCudaF32) {
+        // libtorch's CPU matmuls run in MKL, whose thread count
+        // `tch::set_num_threads` does not reach; MKL reads this variable at
+        // its first call. Set here, while the process is single-threaded.
+        if std::env::var_os("MKL_NUM_THREADS").is_none() {
+            std::env::set_var("MKL_NUM_THREADS", options.torch_threads.to_string());
+        }
+    }
     match run(&options) {
         Ok(rep) => {
             println!("{}", report::summary_table(&rep));

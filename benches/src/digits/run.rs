@@ -27,9 +27,9 @@ Options:
   --backend NAME      reference-f32 (default), reference-f64, tch-cpu-f32
                       (libtorch, same configuration and initial weights)
                       or tch-cuda-f32
-  --torch-threads N   libtorch intra-op threads for the tch backends
-                      (default 1: the matrices are small, and on a busy
-                      machine OpenMP's spin-waiting is ~10x slower)
+  --torch-threads N   libtorch intra-op and MKL threads for the tch
+                      backends (default 1: the matrices are small, and on a
+                      busy 2-core machine multi-threaded MKL is ~10x slower)
   --out DIR           report folder (default report-out/digits, or
                       report-out/digits-BACKEND for a non-default backend)
   --data PATH         digits.csv.gz (default $CLAE_DIGITS_CSV, else
