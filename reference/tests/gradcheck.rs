@@ -582,3 +582,18 @@ fn clae_step_parameter_gradients_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn the_error_measure_keeps_nan_and_follows_spec_8() {
+    // a NaN anywhere must fail every `err < tol` comparison
+    let b = ndarray::array![1.0, -2.0, 0.5];
+    let a = ndarray::array![1.0, f64::NAN, 0.5];
+    assert!(rel_err(&a, &b).is_nan());
+    assert!(max_abs(&a).is_nan());
+    // max|a − b| / max|b|, and max|a| where b is all zero
+    let a = ndarray::array![1.1, -2.0, 0.3];
+    assert!((rel_err(&a, &b) - 0.2 / 2.0).abs() < 1e-15);
+    let zero = ndarray::Array1::<f64>::zeros(3);
+    assert_eq!(rel_err(&zero, &zero), 0.0);
+    assert_eq!(rel_err(&b, &zero), 2.0);
+}

@@ -112,7 +112,7 @@ fn losses_are_finite_in_f32_and_agree_with_f64() {
                 assert!(ev < 1e-4, "{label}: f32 value off by {ev:e}");
                 assert!(ep < 1e-4, "{label}: f32 dL/dZ_P off by {ep:e}");
                 assert!(eq < 1e-4, "{label}: f32 dL/dZ_Q off by {eq:e}");
-                worst = worst.max(ev).max(ep).max(eq);
+                worst = nan_max(nan_max(nan_max(worst, ev), ep), eq);
             }
         }
     }

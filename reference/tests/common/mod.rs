@@ -34,7 +34,7 @@ pub fn rel_err<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
         .iter()
         .zip(b.iter())
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
+        .fold(0.0, nan_max);
     let scale = max_abs(b);
     if scale == 0.0 {
         max_abs(a)
@@ -43,9 +43,19 @@ pub fn rel_err<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
     }
 }
 
-/// `max |x|` over all entries.
+/// `max |x|` over all entries (NaN if any entry is NaN).
 pub fn max_abs<D: Dimension>(x: &Array<f64, D>) -> f64 {
-    x.iter().fold(0.0, |m, v| m.max(v.abs()))
+    x.iter().map(|v| v.abs()).fold(0.0, nan_max)
+}
+
+/// `max(m, d)` that keeps a NaN (`f64::max` would swallow it, and a test
+/// comparing the result with a tolerance would then pass).
+pub fn nan_max(m: f64, d: f64) -> f64 {
+    if d.is_nan() || d > m {
+        d
+    } else {
+        m
+    }
 }
 
 /// Relative error of two scalars, `|a − b| / |b|`.
@@ -142,7 +152,7 @@ pub fn compare_param_grads(
     analytic: &[Option<ndarray::ArrayD<f64>>],
     fd: &[ndarray::ArrayD<f64>],
 ) -> f64 {
-    let global = fd.iter().map(max_abs).fold(0.0, f64::max);
+    let global = fd.iter().map(max_abs).fold(0.0, nan_max);
     assert!(global > 0.0, "{name}: all finite differences are zero");
     let mut worst = 0.0f64;
     for ((pname, a), b) in names.iter().zip(analytic).zip(fd) {
@@ -322,7 +332,7 @@ pub fn permute_rows(x: ArrayView2<f64>, perm: &[usize]) -> Array2<f64> {
 /// noise.
 pub fn grad_set_err(a: &[Option<ndarray::ArrayD<f64>>], b: &[Option<ndarray::ArrayD<f64>>]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let global = b.iter().flatten().map(max_abs).fold(0.0, f64::max);
+    let global = b.iter().flatten().map(max_abs).fold(0.0, nan_max);
     let mut worst = 0.0f64;
     for (x, y) in a.iter().zip(b) {
         match (x, y) {
@@ -333,7 +343,7 @@ pub fn grad_set_err(a: &[Option<ndarray::ArrayD<f64>>], b: &[Option<ndarray::Arr
                 } else {
                     rel_err(x, y)
                 };
-                worst = worst.max(e);
+                worst = nan_max(worst, e);
             }
             _ => panic!("one gradient is None and the other is not"),
         }
