@@ -2,7 +2,7 @@
 //! recipe and one with the authors' recipe, for the dual-BN MLP at three
 //! sizes (small; medium; large = D_in 3072, h 2048, L 2, d 128, N 256) on the
 //! reference f32 and libtorch CPU f32, and for the dual-BN ResNet-18 on
-//! libtorch (CPU at N 16; CUDA at N 256 and 512 when a device is present,
+//! libtorch (CPU at N 8; CUDA at N 256 and 512 when a device is present,
 //! skipped with a printed notice otherwise). Throughput is in FLOP/s of the
 //! exact model of `clae_benches::flops`.
 //!
@@ -63,7 +63,7 @@ fn steps(c: &mut Criterion) {
         n,
         loss: LossKind::SimClr,
     };
-    bench_config(c, resnet(16), &[Impl::TCH_CPU_F32]);
+    bench_config(c, resnet(8), &[Impl::TCH_CPU_F32]);
     for n in [256, 512] {
         bench_config(c, resnet(n), &[Impl::TCH_CUDA_F32]);
     }

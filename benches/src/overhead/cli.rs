@@ -91,7 +91,8 @@ OPTIONS:
     --quick              a seconds-long smoke run with tiny sizes (numbers meaningless)
     --out DIR            output folder [default: report-out/overhead]
     --only ID[,ID..]     run only groups whose id contains one of these
-                         (e.g. gemm, loss-n256, large); see --list
+                         (e.g. gemm, loss-n256, large; `profile` for the
+                         reference profile); see --list
     --time-scale X       multiply every group's time budget by X > 0 [default: 1]
     --threads N          threads for libtorch and the reference's GEMM (1..=4096)
     --no-profile         skip the profile of the reference step

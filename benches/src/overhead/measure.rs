@@ -155,10 +155,13 @@ pub fn measure_interleaved(
         .iter()
         .map(|&t| ((policy.min_sample_s / t.max(1e-9)).ceil() as usize).clamp(1, 10_000))
         .collect();
-    // Calibration sample at the chosen runs-per-sample (also a second warm-up).
+    // Calibration sample at the chosen runs-per-sample (also a second
+    // warm-up) — only where a member runs several times per sample; slow
+    // members' first runs already say how long a round takes (if anything
+    // too long: first runs fault their memory in, so rounds are not overplanned).
     let mut round_s = 0.0;
-    for (w, &r) in workloads.iter_mut().zip(&runs) {
-        round_s += time_runs(*w, r)?;
+    for ((w, &r), &t) in workloads.iter_mut().zip(&runs).zip(&first) {
+        round_s += if r > 1 { time_runs(*w, r)? } else { t };
     }
     let rounds = ((policy.budget_s / round_s.max(1e-9)).floor() as usize)
         .clamp(policy.min_rounds.max(1), policy.max_rounds.max(1));
@@ -208,8 +211,9 @@ mod tests {
             measure_interleaved(&mut [&mut a, &mut b], &policy, &mut |p| seen.push(p)).unwrap();
         assert_eq!(stats.len(), 2);
         assert!(stats.iter().all(|s| s.samples.len() == 4));
-        // warm-up 1 + calibration 1 + 4 rounds of one run each
-        assert_eq!((a.0, b.0), (6, 6));
+        // min_sample_s = 0: one run per sample, so no calibration sample;
+        // warm-up 1 + 4 rounds
+        assert_eq!((a.0, b.0), (5, 5));
         assert_eq!(seen.last(), Some(&Progress::Round { done: 4, rounds: 4 }));
     }
 

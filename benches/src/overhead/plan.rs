@@ -304,7 +304,7 @@ impl Plan {
     /// f32); plain, lean and authors' steps for the small, medium and large
     /// MLP with the Plain loss (reference f32 next to libtorch CPU f32), the
     /// large MLP once more with SimCLR (the authors' SimCLR/UEL recipe, Adam),
-    /// and ResNet-18 on libtorch CPU at `N` 16 with SimCLR.
+    /// and ResNet-18 on libtorch CPU at `N` 8 with SimCLR.
     pub fn cpu() -> Self {
         let mut groups = vec![gemm_group(
             2048,
@@ -347,12 +347,12 @@ impl Plan {
             StepConfig {
                 size: "resnet18",
                 model: Model::ResNet18 { d: 128 },
-                n: 16,
+                n: 8,
                 loss: LossKind::SimClr,
             },
             &[Impl::TCH_CPU_F32],
-            60.0,
-            3,
+            30.0,
+            5,
             21,
         ));
         Plan {

@@ -31,7 +31,9 @@ pub fn plan_for(opts: &Options) -> Plan {
     };
     plan.retain_groups(&opts.only);
     plan.scale_budgets(opts.time_scale);
-    if opts.no_profile || !opts.only.is_empty() {
+    let profile_selected =
+        opts.only.is_empty() || opts.only.iter().any(|p| "profile".contains(p.as_str()));
+    if opts.no_profile || !profile_selected {
         plan.profile = None;
     }
     plan
