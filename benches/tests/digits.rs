@@ -440,7 +440,8 @@ fn small_digits() -> Digits {
 fn plain_and_clae_runs_of_one_seed_start_from_the_same_encoder() {
     let d = small_digits();
     let s = stratified_split(&d.labels, 0.25, 0).unwrap();
-    let (train, test) = (d.select(&s.train), d.select(&s.test));
+    let (train, test) = (d.select(&s.train).unwrap(), d.select(&s.test).unwrap());
+    assert!(d.select(&[0, 40]).is_err());
     let mut curves = Vec::new();
     for method in [Method::Plain, Method::Clae, Method::ClaeEps0] {
         let mut cfg = TrainConfig::digits(LossKind::Uel, method);

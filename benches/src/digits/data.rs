@@ -44,12 +44,19 @@ impl Digits {
         self.labels.is_empty()
     }
 
-    /// The images and labels at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Digits {
-        Digits {
+    /// The images and labels at `indices`, in that order (an index out of
+    /// range is an [`DigitsError::InvalidConfig`] error).
+    pub fn select(&self, indices: &[usize]) -> Result<Digits> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(DigitsError::config(
+                "row index",
+                format!("{bad} is out of range for {} images", self.len()),
+            ));
+        }
+        Ok(Digits {
             images: self.images.select(Axis(0), indices),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
-        }
+        })
     }
 
     /// The images as a view.

@@ -253,7 +253,7 @@ pub fn run(options: &Options) -> Result<Replication> {
     };
     let all = data::load(&data_path)?;
     let split = data::stratified_split(&all.labels, TEST_FRACTION, SPLIT_SEED)?;
-    let (train, test) = (all.select(&split.train), all.select(&split.test));
+    let (train, test) = (all.select(&split.train)?, all.select(&split.test)?);
     let baseline = pixel_baseline(
         &train,
         &test,
