@@ -65,6 +65,11 @@ pub struct GroupResult {
     pub rounds: usize,
     /// `/proc/loadavg` (1, 5, 15 min) when the group started.
     pub load: String,
+    /// Rounds discarded because other processes were busy.
+    pub discarded: usize,
+    /// Median number of CPUs other processes kept busy during the kept rounds
+    /// (NaN when unknown).
+    pub foreign_cpus: f64,
 }
 
 impl GroupResult {

@@ -55,6 +55,10 @@ pub struct Options {
     pub no_profile: bool,
     /// Thread count for libtorch and the reference's GEMM (None: their defaults).
     pub threads: Option<usize>,
+    /// Untimed pause before every sample, seconds.
+    pub cooldown_s: f64,
+    /// Discard rounds during which other processes kept more CPUs busy (None: keep all).
+    pub max_foreign_cpus: Option<f64>,
     /// Print the plan and exit.
     pub list: bool,
     /// Print the help and exit.
@@ -70,6 +74,8 @@ impl Default for Options {
             time_scale: 1.0,
             no_profile: false,
             threads: None,
+            cooldown_s: 0.02,
+            max_foreign_cpus: Some(0.5),
             list: false,
             help: false,
         }
@@ -96,6 +102,9 @@ OPTIONS:
     --time-scale X       multiply every group's time budget by X > 0 [default: 1]
     --threads N          threads for libtorch and the reference's GEMM (1..=4096)
     --no-profile         skip the profile of the reference step
+    --max-foreign X      discard and rerun a round during which other processes
+                         kept more than X CPUs busy (X >= 0, or `off`) [default: 0.5]
+    --cooldown MS        untimed pause before every sample, in ms (0..=1000) [default: 20]
     --list               print the selected groups and exit
     -h, --help           print this help
 ";
@@ -200,6 +209,35 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                             option: name.into(),
                             value: v,
                             expected: "an integer in 1..=4096".into(),
+                        })
+                    }
+                }
+            }
+            "--max-foreign" => {
+                let v = take(&mut it)?;
+                o.max_foreign_cpus = match v.as_str() {
+                    "off" => None,
+                    _ => match v.parse::<f64>() {
+                        Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
+                        _ => {
+                            return Err(CliError::InvalidValue {
+                                option: name.into(),
+                                value: v,
+                                expected: "a number of CPUs >= 0, or `off`".into(),
+                            })
+                        }
+                    },
+                };
+            }
+            "--cooldown" => {
+                let v = take(&mut it)?;
+                match v.parse::<f64>() {
+                    Ok(x) if (0.0..=1000.0).contains(&x) => o.cooldown_s = x / 1000.0,
+                    _ => {
+                        return Err(CliError::InvalidValue {
+                            option: name.into(),
+                            value: v,
+                            expected: "milliseconds in 0..=1000".into(),
                         })
                     }
                 }

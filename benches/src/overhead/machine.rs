@@ -13,6 +13,9 @@ pub struct Machine {
     pub reference_threads: String,
     /// libtorch's intra-op threads.
     pub torch_threads: i64,
+    /// `OMP_WAIT_POLICY` as set for this process (libtorch's OpenMP threads
+    /// spin between parallel regions unless it is `PASSIVE`).
+    pub omp_wait_policy: String,
     /// CUDA device(s), or why there is none.
     pub cuda: String,
     /// `rustc --version` of the compiler that built the report.
@@ -57,6 +60,8 @@ impl Machine {
             logical_cpus,
             reference_threads,
             torch_threads: i64::from(tch::get_num_threads()),
+            omp_wait_policy: std::env::var("OMP_WAIT_POLICY")
+                .unwrap_or_else(|_| "unset (libgomp default: spin, then sleep)".into()),
             cuda,
             rustc: env!("CLAE_RUSTC_VERSION").to_string(),
             versions: vec![
@@ -77,6 +82,16 @@ impl Machine {
             load_after: String::new(),
         }
     }
+}
+
+/// The one-minute load average, if readable.
+pub fn load_1min() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The first three fields of `/proc/loadavg` (or `unknown`).

@@ -1,11 +1,23 @@
 //! The measurement harness: interleaved rounds and medians.
 //!
-//! A group's members are timed in the same rounds. In round `r` the members
-//! run in the order `r, r+1, …` (rotated), so no member always follows the
-//! same neighbour, and a slow patch of the machine (another process
-//! compiling) lands on every member of the round rather than on one. Each
-//! member's per-run time is the median over rounds; ratios are formed from
-//! those medians.
+//! A group's members are timed in the same rounds. Each round runs every
+//! member once, in an order shuffled afresh (fixed seed), so a slow patch of
+//! the machine lands on every member of the round rather than on one, and no
+//! member always follows the same neighbour. Each member's per-run time is
+//! the median over rounds; ratios are formed from those medians.
+//!
+//! Two things keep members from disturbing each other and keep other
+//! processes out of the numbers, which matters on a small shared machine:
+//!
+//! * a short untimed pause before every sample ([`RoundPolicy::cooldown_s`]):
+//!   libtorch's OpenMP threads keep spinning for a few milliseconds after
+//!   their last parallel region (libgomp's default wait policy), which would
+//!   otherwise be charged to whichever member runs next;
+//! * the CPU time that *other* processes used during each round is read from
+//!   `/proc/stat` and `/proc/self/stat` ([`CpuMeter`]); a round during which
+//!   they kept more than [`RoundPolicy::max_foreign_cpus`] CPUs busy is
+//!   discarded and run again, within a time limit. Kept and discarded rounds
+//!   are reported.
 //!
 //! Fast members (a loss at `N = 64` takes well under a millisecond) run
 //! several times per sample so that a sample is long enough to time; the
@@ -105,6 +117,97 @@ pub struct RoundPolicy {
     pub max_rounds: usize,
     /// A sample lasts at least this long (fast members run several times).
     pub min_sample_s: f64,
+    /// Untimed pause before every sample, seconds.
+    pub cooldown_s: f64,
+    /// Discard a round during which other processes kept more than this many
+    /// CPUs busy on average (None: keep every round).
+    pub max_foreign_cpus: Option<f64>,
+    /// Give up re-running discarded rounds after this many seconds of rounds
+    /// (the kept rounds are used, and too few is reported).
+    pub time_limit_s: f64,
+}
+
+/// What a group's measurement returns besides the per-member statistics.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoundLog {
+    /// Rounds kept.
+    pub kept: usize,
+    /// Rounds discarded because other processes were busy.
+    pub discarded: usize,
+    /// CPUs other processes kept busy, per kept round (NaN where unknown).
+    pub foreign_cpus: Vec<f64>,
+}
+
+/// Reads how much CPU time the whole machine and this process have used,
+/// to tell how busy *other* processes were over an interval (Linux; elsewhere
+/// every reading is unknown).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuMeter {
+    busy: f64,
+    own: f64,
+    at: Instant,
+}
+
+impl CpuMeter {
+    /// `USER_HZ`, the unit of `/proc/stat` (100 on every Linux we know of).
+    const TICKS: f64 = 100.0;
+
+    /// A reading now, or None where `/proc` is not readable.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        if cpu.len() < 8 {
+            return None;
+        }
+        let busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7];
+        let own_stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name: utime is field 14, stime 15.
+        let rest = own_stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let own = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(CpuMeter {
+            busy,
+            own,
+            at: Instant::now(),
+        })
+    }
+
+    /// CPUs that other processes kept busy on average since `earlier`.
+    pub fn foreign_cpus_since(&self, earlier: &CpuMeter) -> f64 {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64();
+        let foreign = ((self.busy - earlier.busy) - (self.own - earlier.own)) / Self::TICKS;
+        (foreign / wall.max(1e-9)).max(0.0)
+    }
+}
+
+/// A small deterministic generator for the round orders.
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A fresh permutation of `0..k` (Fisher–Yates).
+    fn order(&mut self, k: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..k).collect();
+        for i in (1..k).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
 }
 
 /// What the harness reports while it runs.
@@ -119,14 +222,22 @@ pub enum Progress {
     },
     /// Round `done` of `rounds` finished.
     Round {
-        /// Rounds finished.
+        /// Rounds kept so far.
         done: usize,
         /// Planned rounds.
         rounds: usize,
     },
+    /// A round was discarded: other processes kept `foreign_cpus` CPUs busy.
+    Discarded {
+        /// CPUs other processes used on average during the round.
+        foreign_cpus: f64,
+    },
 }
 
-fn time_runs(w: &mut dyn Workload, runs: usize) -> Result<f64> {
+fn time_runs(w: &mut dyn Workload, runs: usize, cooldown_s: f64) -> Result<f64> {
+    if cooldown_s > 0.0 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(cooldown_s));
+    }
     let start = Instant::now();
     for _ in 0..runs {
         w.run()?;
@@ -135,21 +246,23 @@ fn time_runs(w: &mut dyn Workload, runs: usize) -> Result<f64> {
 }
 
 /// Times `workloads` side by side: one warm-up run each, a calibration
-/// sample each, then interleaved rounds. Returns one [`Stats`] per workload,
-/// in order. The first error of any run aborts the group.
+/// sample each where several runs make a sample, then interleaved rounds in
+/// shuffled order (see the module docs). Returns one [`Stats`] per workload,
+/// in order, and the round log. The first error of any run aborts the group.
 pub fn measure_interleaved(
     workloads: &mut [&mut dyn Workload],
     policy: &RoundPolicy,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<Stats>> {
+) -> Result<(Vec<Stats>, RoundLog)> {
     let k = workloads.len();
     if k == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), RoundLog::default()));
     }
+    let cool = policy.cooldown_s;
     // Warm-up: first runs allocate, fault pages in, spin up thread pools.
     let mut first = Vec::with_capacity(k);
     for w in workloads.iter_mut() {
-        first.push(time_runs(*w, 1)?);
+        first.push(time_runs(*w, 1, cool)?);
     }
     let runs: Vec<usize> = first
         .iter()
@@ -161,28 +274,50 @@ pub fn measure_interleaved(
     // too long: first runs fault their memory in, so rounds are not overplanned).
     let mut round_s = 0.0;
     for ((w, &r), &t) in workloads.iter_mut().zip(&runs).zip(&first) {
-        round_s += if r > 1 { time_runs(*w, r)? } else { t };
+        round_s += if r > 1 { time_runs(*w, r, cool)? } else { t };
     }
     let rounds = ((policy.budget_s / round_s.max(1e-9)).floor() as usize)
         .clamp(policy.min_rounds.max(1), policy.max_rounds.max(1));
     progress(Progress::Calibrated { rounds, round_s });
     let mut samples = vec![Vec::with_capacity(rounds); k];
-    for r in 0..rounds {
-        for j in 0..k {
-            let i = (r + j) % k;
-            let t = time_runs(workloads[i], runs[i])?;
-            samples[i].push(t / runs[i] as f64);
+    let mut log = RoundLog::default();
+    let mut shuffle = Shuffle(0x9E37_79B9_7F4A_7C15);
+    let start = Instant::now();
+    while log.kept < rounds {
+        let before = CpuMeter::read();
+        let mut round = vec![0.0; k];
+        for i in shuffle.order(k) {
+            round[i] = time_runs(workloads[i], runs[i], cool)? / runs[i] as f64;
         }
+        let foreign = match (before, CpuMeter::read()) {
+            (Some(b), Some(a)) => a.foreign_cpus_since(&b),
+            _ => f64::NAN,
+        };
+        let too_busy = policy.max_foreign_cpus.is_some_and(|m| foreign > m);
+        let out_of_time = start.elapsed().as_secs_f64() > policy.time_limit_s;
+        if too_busy && !out_of_time {
+            log.discarded += 1;
+            progress(Progress::Discarded {
+                foreign_cpus: foreign,
+            });
+            continue;
+        }
+        for (s, t) in samples.iter_mut().zip(round) {
+            s.push(t);
+        }
+        log.kept += 1;
+        log.foreign_cpus.push(foreign);
         progress(Progress::Round {
-            done: r + 1,
+            done: log.kept,
             rounds,
         });
     }
-    Ok(samples
+    let stats = samples
         .into_iter()
         .zip(runs)
         .map(|(s, r)| Stats::from_samples(s, r))
-        .collect())
+        .collect();
+    Ok((stats, log))
 }
 
 #[cfg(test)]
@@ -205,16 +340,48 @@ mod tests {
             min_rounds: 4,
             max_rounds: 4,
             min_sample_s: 0.0,
+            cooldown_s: 0.0,
+            max_foreign_cpus: None,
+            time_limit_s: 10.0,
         };
         let mut seen = Vec::new();
-        let stats =
+        let (stats, log) =
             measure_interleaved(&mut [&mut a, &mut b], &policy, &mut |p| seen.push(p)).unwrap();
+        assert_eq!((log.kept, log.discarded, log.foreign_cpus.len()), (4, 0, 4));
         assert_eq!(stats.len(), 2);
         assert!(stats.iter().all(|s| s.samples.len() == 4));
         // min_sample_s = 0: one run per sample, so no calibration sample;
         // warm-up 1 + 4 rounds
         assert_eq!((a.0, b.0), (5, 5));
         assert_eq!(seen.last(), Some(&Progress::Round { done: 4, rounds: 4 }));
+    }
+
+    #[test]
+    fn shuffled_orders_are_permutations_and_vary() {
+        let mut sh = Shuffle(1);
+        let orders: Vec<Vec<usize>> = (0..20).map(|_| sh.order(6)).collect();
+        for o in &orders {
+            let mut sorted = o.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..6).collect::<Vec<_>>());
+        }
+        // Member 0's predecessor is not always the same one.
+        let preds: std::collections::HashSet<Option<usize>> = orders
+            .iter()
+            .map(|o| {
+                o.iter()
+                    .position(|&x| x == 0)
+                    .and_then(|p| p.checked_sub(1).map(|q| o[q]))
+            })
+            .collect();
+        assert!(preds.len() > 2);
+    }
+
+    #[test]
+    fn cpu_meter_reads_proc_on_linux() {
+        if let (Some(a), Some(b)) = (CpuMeter::read(), CpuMeter::read()) {
+            assert!(b.foreign_cpus_since(&a) >= 0.0);
+        }
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub fn markdown(run: &RunResult) -> String {
     );
     let _ = writeln!(s, "| reference threads | {} |", m.reference_threads);
     let _ = writeln!(s, "| libtorch threads | {} |", m.torch_threads);
+    let _ = writeln!(s, "| OMP_WAIT_POLICY | {} |", m.omp_wait_policy);
     let _ = writeln!(s, "| CUDA | {} |", m.cuda);
     let _ = writeln!(s, "| kernel | {} |", m.kernel);
     let _ = writeln!(s, "| rustc | {} |", m.rustc);
@@ -430,19 +431,27 @@ pub fn markdown(run: &RunResult) -> String {
     }
 
     s.push_str("\n## Method\n\n");
-    s.push_str("* Every group's members run in the same rounds, in an order rotated each round; each member's time is the median over rounds, and every ratio is between medians of one group — never across groups or runs. Quartiles show the spread.\n");
+    s.push_str("* Every group's members run in the same rounds, in an order shuffled each round; each member's time is the median over rounds, and every ratio is between medians of one group — never across groups or runs. Quartiles show the spread.\n");
+    s.push_str("* Before every sample the harness pauses briefly (untimed), so that libtorch's OpenMP threads, which keep spinning for milliseconds after a parallel region, are asleep before the next member starts.\n");
+    s.push_str("* The CPU time other processes used during each round is read from `/proc`; rounds during which they kept too many CPUs busy are discarded and rerun (within a time limit), see the table below.\n");
     s.push_str("* One warm-up run and one calibration sample per member precede the timed rounds; fast members run several times per sample (at least ~20 ms per sample).\n");
     s.push_str("* Steps are real training steps on fixed random data (`P` standard normal, `Q = 0.9 P + 0.1 noise`), with the authors' optimizer for the loss (SGD for Plain/UEL, Adam for SimCLR) and the paper's `tau`, `eps`, `alpha = 1`. The authors' recipe for the Plain loss includes their recomputation of `f_clean(P)`.\n");
     s.push_str("* Timings are noisy on a shared machine; the load averages say how busy it was (a load above the number of CPUs means other processes competed for them; libtorch's OpenMP threads suffer most from that). Ratios inside a group are robust to slow patches that hit all members alike.\n");
-    s.push_str("\n| group | members measured | rounds | wall time | load average at start |\n|---|---:|---:|---:|---|\n");
+    s.push_str("\n| group | members measured | rounds kept | rounds discarded (others busy) | CPUs used by other processes (median of kept rounds) | wall time | load average at start |\n|---|---:|---:|---:|---:|---:|---|\n");
     for g in &run.groups {
         let measured = g.members.iter().filter(|m| m.stats().is_some()).count();
         let _ = writeln!(
             s,
-            "| {} | {measured} of {} | {} | {:.0} s | {} |",
+            "| {} | {measured} of {} | {} | {} | {} | {:.0} s | {} |",
             g.group.id,
             g.members.len(),
             g.rounds,
+            g.discarded,
+            if g.foreign_cpus.is_nan() {
+                "—".to_string()
+            } else {
+                format!("{:.2}", g.foreign_cpus)
+            },
             g.wall_s,
             g.load
         );
@@ -674,6 +683,8 @@ mod tests {
                 wall_s: 1.0,
                 rounds: 4,
                 load: "0.00 0.00 0.00".into(),
+                discarded: 1,
+                foreign_cpus: 0.05,
             })
             .collect();
         let machine = Machine {
@@ -681,6 +692,7 @@ mod tests {
             logical_cpus: 2,
             reference_threads: "2".into(),
             torch_threads: 2,
+            omp_wait_policy: "unset".into(),
             cuda: "none".into(),
             rustc: "rustc 1.0".into(),
             versions: vec![("tch".into(), "0.0".into())],

@@ -78,6 +78,16 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
         "not used by this plan".to_string()
     };
     let mut machine = Machine::detect(cuda);
+    if let Some(load) = crate::overhead::machine::load_1min() {
+        if load > machine.logical_cpus as f64 && std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            let msg = format!(
+                "the machine is busy (load {load:.1} on {} CPUs): libtorch's OpenMP threads spin-wait by default and lose whole time slices to other processes, which can make small libtorch operations 10-100x slower; for a fair libtorch measurement on a busy machine run with OMP_WAIT_POLICY=PASSIVE, or wait for a quiet machine",
+                machine.logical_cpus
+            );
+            eprintln!("warning: {msg}");
+            notices.push(msg);
+        }
+    }
     let start = Instant::now();
     let total_forecast: f64 = plan
         .groups
@@ -142,16 +152,22 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
             min_rounds: group.min_rounds,
             max_rounds: group.max_rounds,
             min_sample_s: 0.02,
+            cooldown_s: opts.cooldown_s,
+            max_foreign_cpus: opts.max_foreign_cpus,
+            time_limit_s: 2.0 * group.budget_s + 30.0,
         };
         let mut rounds = 0;
+        let mut discarded = 0;
+        let mut foreign_cpus = f64::NAN;
         if !ready.is_empty() {
             let mut refs: Vec<&mut dyn Workload> = ready
                 .iter_mut()
                 .map(|(_, w)| w.as_mut() as &mut dyn Workload)
                 .collect();
-            let mut report = |p: Progress| match p {
+            let mut report = |p: Progress| {
+                match p {
                 Progress::Calibrated { rounds, round_s } => {
-                    eprintln!("  warm-up done: {rounds} rounds of ~{:.2} s", round_s)
+                    eprintln!("  warm-up done: {rounds} rounds of ~{round_s:.2} s")
                 }
                 Progress::Round { done, rounds } => {
                     if done == rounds || done % 5 == 0 || rounds <= 8 {
@@ -161,11 +177,17 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
                         );
                     }
                 }
+                Progress::Discarded { foreign_cpus } => eprintln!(
+                    "  round discarded: other processes kept {foreign_cpus:.2} CPUs busy; running it again"
+                ),
+            }
             };
             match measure_interleaved(&mut refs, &policy, &mut report) {
-                Ok(stats) => {
+                Ok((stats, log)) => {
+                    rounds = log.kept;
+                    discarded = log.discarded;
+                    foreign_cpus = crate::overhead::measure::median(&log.foreign_cpus);
                     for ((idx, _), st) in ready.iter().zip(stats) {
-                        rounds = st.samples.len();
                         results[*idx].outcome = Outcome::Measured(st);
                     }
                 }
@@ -189,6 +211,8 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
             wall_s,
             rounds,
             load,
+            discarded,
+            foreign_cpus,
         });
     }
     let profile = match &plan.profile {
