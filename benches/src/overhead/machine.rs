@@ -24,6 +24,9 @@ pub struct Machine {
     pub versions: Vec<(String, String)>,
     /// Operating system kernel.
     pub kernel: String,
+    /// `git` commit of the source tree the report was run from, and whether
+    /// tracked files had uncommitted changes.
+    pub source: String,
     /// Start of the run, UTC, `YYYY-MM-DD HH:MM:SS`.
     pub date: String,
     /// `/proc/loadavg` at the start.
@@ -77,10 +80,38 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| format!("Linux {}", s.trim()))
                 .unwrap_or_else(|_| std::env::consts::OS.into()),
+            source: git_source(),
             date: utc_now(),
             load_before: load_average(),
             load_after: String::new(),
         }
+    }
+}
+
+/// `abc1234` or `abc1234 + uncommitted changes in 3 tracked files`, from
+/// `git` in the current directory (`unknown` without git).
+pub fn git_source() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    if dirty == 0 {
+        head.trim().to_string()
+    } else {
+        format!(
+            "{} + uncommitted changes in {dirty} tracked files",
+            head.trim()
+        )
     }
 }
 

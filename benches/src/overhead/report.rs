@@ -145,6 +145,7 @@ pub fn markdown(run: &RunResult) -> String {
     let _ = writeln!(s, "| OMP_WAIT_POLICY | {} |", m.omp_wait_policy);
     let _ = writeln!(s, "| CUDA | {} |", m.cuda);
     let _ = writeln!(s, "| kernel | {} |", m.kernel);
+    let _ = writeln!(s, "| source | {} |", m.source);
     let _ = writeln!(s, "| rustc | {} |", m.rustc);
     for (k, v) in &m.versions {
         let _ = writeln!(s, "| {k} | {v} |");
@@ -697,6 +698,7 @@ mod tests {
             rustc: "rustc 1.0".into(),
             versions: vec![("tch".into(), "0.0".into())],
             kernel: "Linux".into(),
+            source: "abc1234".into(),
             date: "2000-01-01 00:00:00".into(),
             load_before: "0 0 0".into(),
             load_after: "0 0 0".into(),
