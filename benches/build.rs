@@ -40,8 +40,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 }
 
-/// The version of the first `[[package]]` named `krate` in a Cargo.lock.
+/// Every locked version of `krate` in a Cargo.lock, joined by ` + ` (e.g.
+/// ndarray is locked twice: the workspace's and the one tch depends on).
 fn locked_version(lock: &str, krate: &str) -> String {
+    let mut versions = Vec::new();
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
         if line.trim() == format!("name = \"{krate}\"") {
@@ -49,9 +51,13 @@ fn locked_version(lock: &str, krate: &str) -> String {
                 .next()
                 .and_then(|l| l.trim().strip_prefix("version = "))
             {
-                return v.trim_matches('"').to_string();
+                versions.push(v.trim_matches('"').to_string());
             }
         }
     }
-    "unknown".into()
+    if versions.is_empty() {
+        "unknown".into()
+    } else {
+        versions.join(" + ")
+    }
 }

@@ -321,7 +321,7 @@ impl Plan {
             groups.push(loss_group(n, 128, &loss_imps, budget));
         }
         let step_imps = [Impl::REF_F32, Impl::TCH_CPU_F32];
-        for ((size, cfg, n), budget) in mlp_sizes().into_iter().zip([10.0, 25.0, 70.0]) {
+        for ((size, cfg, n), budget) in mlp_sizes().into_iter().zip([15.0, 25.0, 70.0]) {
             let config = StepConfig {
                 size,
                 model: Model::Mlp(cfg),

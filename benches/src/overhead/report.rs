@@ -148,7 +148,7 @@ pub fn markdown(run: &RunResult) -> String {
     let _ = writeln!(s, "| source | {} |", m.source);
     let _ = writeln!(s, "| rustc | {} |", m.rustc);
     for (k, v) in &m.versions {
-        let _ = writeln!(s, "| {k} | {v} |");
+        let _ = writeln!(s, "| {k} (locked) | {v} |");
     }
     let _ = writeln!(
         s,
@@ -435,7 +435,7 @@ pub fn markdown(run: &RunResult) -> String {
     s.push_str("* Every group's members run in the same rounds, in an order shuffled each round; each member's time is the median over rounds, and every ratio is between medians of one group — never across groups or runs. Quartiles show the spread.\n");
     s.push_str("* Before every sample the harness pauses briefly (untimed), so that libtorch's OpenMP threads, which keep spinning for milliseconds after a parallel region, are asleep before the next member starts.\n");
     s.push_str("* The CPU time other processes used during each round is read from `/proc`; rounds during which they kept too many CPUs busy are discarded and rerun (within a time limit), see the table below.\n");
-    s.push_str("* One warm-up run and one calibration sample per member precede the timed rounds; fast members run several times per sample (at least ~20 ms per sample).\n");
+    s.push_str("* One warm-up run per member (and, for fast members, one calibration sample) precedes the timed rounds; fast members run several times per sample (at least ~50 ms per sample).\n");
     s.push_str("* Steps are real training steps on fixed random data (`P` standard normal, `Q = 0.9 P + 0.1 noise`), with the authors' optimizer for the loss (SGD for Plain/UEL, Adam for SimCLR) and the paper's `tau`, `eps`, `alpha = 1`. The authors' recipe for the Plain loss includes their recomputation of `f_clean(P)`.\n");
     s.push_str("* Timings are noisy on a shared machine; the load averages say how busy it was (a load above the number of CPUs means other processes competed for them; libtorch's OpenMP threads suffer most from that). Ratios inside a group are robust to slow patches that hit all members alike.\n");
     s.push_str("\n| group | members measured | rounds kept | rounds discarded (others busy) | CPUs used by other processes (median of kept rounds) | wall time | load average at start |\n|---|---:|---:|---:|---:|---:|---|\n");

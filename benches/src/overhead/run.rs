@@ -151,7 +151,7 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
             budget_s: group.budget_s,
             min_rounds: group.min_rounds,
             max_rounds: group.max_rounds,
-            min_sample_s: 0.02,
+            min_sample_s: 0.05,
             cooldown_s: opts.cooldown_s,
             max_foreign_cpus: opts.max_foreign_cpus,
             time_limit_s: 2.0 * group.budget_s + 30.0,
