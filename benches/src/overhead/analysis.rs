@@ -100,8 +100,9 @@ pub struct RunResult {
     pub notices: Vec<String>,
 }
 
-/// The measured GEMM peak of every implementation, in GFLOP/s (the best
-/// median over the GEMM groups).
+/// The measured GEMM peak of every implementation, in GFLOP/s: the fastest
+/// sample of the GEMM groups (a peak is what the product can reach; the
+/// fastest sample is also the one least disturbed by other processes).
 pub fn gemm_peaks(run: &RunResult) -> Vec<(Impl, usize, f64)> {
     let mut peaks: Vec<(Impl, usize, f64)> = Vec::new();
     for g in &run.groups {
@@ -109,7 +110,9 @@ pub fn gemm_peaks(run: &RunResult) -> Vec<(Impl, usize, f64)> {
             continue;
         };
         for m in &g.members {
-            let Some(gf) = m.gflops() else { continue };
+            let Some(gf) = m.stats().map(|s| m.flops as f64 / s.min / 1e9) else {
+                continue;
+            };
             match peaks.iter_mut().find(|(i, _, _)| *i == m.member.imp) {
                 Some(p) if p.2 < gf => *p = (m.member.imp, size, gf),
                 Some(_) => {}

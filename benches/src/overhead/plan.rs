@@ -321,14 +321,15 @@ impl Plan {
             groups.push(loss_group(n, 128, &loss_imps, budget));
         }
         let step_imps = [Impl::REF_F32, Impl::TCH_CPU_F32];
-        for ((size, cfg, n), budget) in mlp_sizes().into_iter().zip([15.0, 25.0, 70.0]) {
+        for ((size, cfg, n), budget) in mlp_sizes().into_iter().zip([15.0, 25.0, 80.0]) {
             let config = StepConfig {
                 size,
                 model: Model::Mlp(cfg),
                 n,
                 loss: LossKind::Plain,
             };
-            groups.push(step_group(config, &step_imps, budget, 5, 41));
+            let min_rounds = if size == "large" { 9 } else { 5 };
+            groups.push(step_group(config, &step_imps, budget, min_rounds, 41));
         }
         let (size, cfg, n) = mlp_sizes()[2];
         groups.push(step_group(
@@ -339,8 +340,8 @@ impl Plan {
                 loss: LossKind::SimClr,
             },
             &step_imps,
-            45.0,
-            5,
+            60.0,
+            9,
             41,
         ));
         groups.push(step_group(
