@@ -134,6 +134,9 @@ pub struct RoundLog {
     pub kept: usize,
     /// Rounds discarded because other processes were busy.
     pub discarded: usize,
+    /// Rounds kept although other processes were busy, because the group's
+    /// time limit was reached.
+    pub kept_busy: usize,
     /// CPUs other processes kept busy, per kept round (NaN where unknown).
     pub foreign_cpus: Vec<f64>,
 }
@@ -306,6 +309,7 @@ pub fn measure_interleaved(
             s.push(t);
         }
         log.kept += 1;
+        log.kept_busy += usize::from(too_busy);
         log.foreign_cpus.push(foreign);
         progress(Progress::Round {
             done: log.kept,

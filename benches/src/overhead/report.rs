@@ -80,6 +80,17 @@ fn ratio_cell(r: &Ratio) -> String {
     )
 }
 
+fn ratio_cell_spread(r: &Ratio) -> String {
+    match r.spread {
+        Some((q1, q3)) => format!(
+            "{} [{q1:.2}–{q3:.2}] ({:.2})",
+            opt(r.measured, |m| format!("**{m:.2}**")),
+            r.model
+        ),
+        None => ratio_cell(r),
+    }
+}
+
 fn short_config(r: &StepRow) -> String {
     format!("{} N{} {}", r.config.size, r.config.n, r.config.loss)
 }
@@ -90,7 +101,7 @@ pub fn summary_markdown(run: &RunResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Measured {} on {} ({} threads for libtorch), plan `{}`. Ratios are medians of interleaved rounds; the FLOP model's ratio in parentheses.\n",
+        "Measured {} on {} ({} threads for libtorch), plan `{}`. Ratios: median over interleaved rounds of the per-round ratio; the exact FLOP model's ratio in parentheses.\n",
         run.machine.date, run.machine.cpu_model, run.machine.torch_threads, run.plan_name
     );
     s.push_str("| configuration | implementation | plain step | lean / plain | authors / plain | authors / lean | plain step, % of GEMM peak |\n");
@@ -180,7 +191,7 @@ pub fn markdown(run: &RunResult) -> String {
 
     let rows = step_rows(run);
     s.push_str("\n## Step time against the FLOP model\n\n");
-    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**) and the exact FLOP model (plain); SPEC 6's idealised 1.83 / 2.5 / 3.0 are in the model section.\n\n");
+    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**: the median over rounds of the per-round ratio, so that slow patches of the machine cancel; quartiles in brackets) and the exact FLOP model (plain); SPEC 6's idealised 1.83 / 2.5 / 3.0 are in the model section.\n\n");
     s.push_str("| configuration | implementation | plain | lean | authors | lean / plain | authors / plain | authors / lean | rounds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         let cell = |k: StepKind| {
@@ -201,9 +212,9 @@ pub fn markdown(run: &RunResult) -> String {
             cell(StepKind::Plain),
             cell(StepKind::Lean),
             cell(StepKind::Authors),
-            ratio_cell(&r.lean_over_plain),
-            ratio_cell(&r.authors_over_plain),
-            ratio_cell(&r.authors_over_lean),
+            ratio_cell_spread(&r.lean_over_plain),
+            ratio_cell_spread(&r.authors_over_plain),
+            ratio_cell_spread(&r.authors_over_lean),
             rounds
         );
     }
@@ -252,7 +263,7 @@ pub fn markdown(run: &RunResult) -> String {
         for i in &imps {
             let _ = write!(s, " {i} |");
         }
-        s.push_str(" reference f32 / tch-cpu f32 |\n|---|---:|---:|");
+        s.push_str(" reference f32 / tch-cpu f32 (per round) |\n|---|---:|---:|");
         for _ in &imps {
             s.push_str("---:|");
         }
@@ -272,9 +283,9 @@ pub fn markdown(run: &RunResult) -> String {
                 let _ = write!(s, " {cell} |");
             }
             let x = r
-                .median(Impl::REF_F32)
-                .zip(r.median(Impl::TCH_CPU_F32))
-                .map(|(a, b)| a / b);
+                .stats(Impl::REF_F32)
+                .zip(r.stats(Impl::TCH_CPU_F32))
+                .map(|(a, b)| crate::overhead::analysis::paired_ratio(a, b).0);
             let _ = writeln!(s, " {} |", opt(x, |v| format!("{v:.2}x")));
         }
     }

@@ -186,6 +186,14 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
                 Ok((stats, log)) => {
                     rounds = log.kept;
                     discarded = log.discarded;
+                    if log.kept_busy > 0 {
+                        let msg = format!(
+                            "{}: {} of {} rounds were kept although other processes were busy (the group's time limit was reached); its numbers are less reliable",
+                            group.id, log.kept_busy, log.kept
+                        );
+                        eprintln!("  notice: {msg}");
+                        notices.push(msg);
+                    }
                     foreign_cpus = crate::overhead::measure::median(&log.foreign_cpus);
                     for ((idx, _), st) in ready.iter().zip(stats) {
                         results[*idx].outcome = Outcome::Measured(st);
