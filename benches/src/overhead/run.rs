@@ -154,7 +154,7 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
             min_sample_s: 0.05,
             cooldown_s: opts.cooldown_s,
             max_foreign_cpus: opts.max_foreign_cpus,
-            time_limit_s: 2.0 * group.budget_s + 30.0,
+            time_limit_s: group.budget_s + 20.0,
         };
         let mut rounds = 0;
         let mut discarded = 0;
