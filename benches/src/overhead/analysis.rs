@@ -296,7 +296,17 @@ pub fn step_rows(run: &RunResult) -> Vec<StepRow> {
             });
         }
     }
+    // Report order: small to large, then the ResNet; run order differs.
+    rows.sort_by_key(|r| size_rank(r.config.size));
     rows
+}
+
+/// Position of a size name in tables (small, medium, large, resnet18, others).
+pub fn size_rank(size: &str) -> usize {
+    ["tiny", "small", "medium", "large", "resnet18"]
+        .iter()
+        .position(|&s| s == size)
+        .unwrap_or(5)
 }
 
 /// One loss at one `N`: every implementation's median.
@@ -348,6 +358,7 @@ pub fn loss_rows(run: &RunResult) -> Vec<LossRow> {
             }
         }
     }
+    rows.sort_by_key(|r| r.n);
     rows
 }
 

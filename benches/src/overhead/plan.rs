@@ -306,7 +306,9 @@ impl Plan {
     /// large MLP once more with SimCLR (the authors' SimCLR/UEL recipe, Adam),
     /// and ResNet-18 on libtorch CPU at `N` 8 with SimCLR.
     pub fn cpu() -> Self {
-        let mut groups = vec![gemm_group(
+        // The groups whose ratios matter most run first, while the machine
+        // is most likely to be as quiet as it was when the run started.
+        let gemm = gemm_group(
             2048,
             &[
                 Impl::REF_F32,
@@ -315,24 +317,24 @@ impl Plan {
                 Impl::TCH_CPU_F64,
             ],
             20.0,
-        )];
-        let loss_imps = [Impl::REF_F32, Impl::REF_F64, Impl::TCH_CPU_F32];
-        for (n, budget) in [(64, 6.0), (256, 10.0), (1024, 25.0)] {
-            groups.push(loss_group(n, 128, &loss_imps, budget));
-        }
+        );
         let step_imps = [Impl::REF_F32, Impl::TCH_CPU_F32];
-        for ((size, cfg, n), budget) in mlp_sizes().into_iter().zip([15.0, 25.0, 80.0]) {
-            let config = StepConfig {
-                size,
-                model: Model::Mlp(cfg),
-                n,
-                loss: LossKind::Plain,
-            };
-            let min_rounds = if size == "large" { 9 } else { 5 };
-            groups.push(step_group(config, &step_imps, budget, min_rounds, 41));
-        }
+        let mut steps: Vec<Group> = mlp_sizes()
+            .into_iter()
+            .zip([15.0, 25.0, 80.0])
+            .map(|((size, cfg, n), budget)| {
+                let config = StepConfig {
+                    size,
+                    model: Model::Mlp(cfg),
+                    n,
+                    loss: LossKind::Plain,
+                };
+                let min_rounds = if size == "large" { 9 } else { 5 };
+                step_group(config, &step_imps, budget, min_rounds, 41)
+            })
+            .collect();
         let (size, cfg, n) = mlp_sizes()[2];
-        groups.push(step_group(
+        steps.push(step_group(
             StepConfig {
                 size,
                 model: Model::Mlp(cfg),
@@ -344,7 +346,7 @@ impl Plan {
             9,
             41,
         ));
-        groups.push(step_group(
+        steps.push(step_group(
             StepConfig {
                 size: "resnet18",
                 model: Model::ResNet18 { d: 128 },
@@ -356,6 +358,14 @@ impl Plan {
             5,
             21,
         ));
+        // large (Plain, SimCLR), ResNet-18, then small and medium.
+        steps.rotate_left(2);
+        let mut groups = vec![gemm];
+        groups.extend(steps);
+        let loss_imps = [Impl::REF_F32, Impl::REF_F64, Impl::TCH_CPU_F32];
+        for (n, budget) in [(1024, 25.0), (256, 10.0), (64, 6.0)] {
+            groups.push(loss_group(n, 128, &loss_imps, budget));
+        }
         Plan {
             name: "cpu".into(),
             groups,
