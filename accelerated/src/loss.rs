@@ -3,13 +3,14 @@
 //!
 //! Each loss takes `z_p, z_q: N x d` and `tau`, and returns a 0-d tensor in
 //! the autograd graph of its inputs. Row `k` of the other view plays the role
-//! of a classifier weight, so Plain and SimCLR are literally
-//! `F.cross_entropy` over similarity logits.
+//! of a classifier weight, so Plain and SimCLR are `F.cross_entropy` over
+//! similarity logits — its value computed by [`target_nll`], which avoids
+//! the cancellation of `logsumexp − s[t]` when the target dominates.
 
 use crate::check;
 use crate::error::Result;
 use clae_reference::ClaeError;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub use clae_reference::loss::LossKind;
 
@@ -22,11 +23,14 @@ pub const COSINE_EPS: f64 = 1e-8;
 /// S    = Z_P Z_Qᵀ / tau                          N x N logits
 /// L_ce = F.cross_entropy(S, [0, 1, …, N−1])      (mean over rows)
 /// ```
+///
+/// (The per-row cross-entropy is [`target_nll`], `F.cross_entropy`'s value
+/// computed without cancellation when the target dominates.)
 pub(crate) fn plain_loss_unchecked(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<Tensor> {
     let n = z_p.size()[0];
     let logits = z_p.f_matmul(&z_q.f_tr()?)?.f_div_scalar(tau)?;
-    let targets = Tensor::f_arange(n, (Kind::Int64, z_p.device()))?;
-    Ok(logits.f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0)?)
+    let targets = Tensor::f_arange(n, (Kind::Int64, z_p.device()))?.f_unsqueeze(1)?;
+    Ok(target_nll(&logits, &targets)?.f_mean(None::<Kind>)?)
 }
 
 /// `[N, …, 2N−1, 0, …, N−1]`: the positive of each of the `2N` stacked rows.
@@ -38,6 +42,38 @@ fn positives(n: i64, device: Device) -> Result<Tensor> {
 /// `2N x 2N` boolean identity, the entries `b = a` every row excludes.
 fn diagonal(two_n: i64, device: Device) -> Result<Tensor> {
     Ok(Tensor::f_eye(two_n, (Kind::Bool, device))?)
+}
+
+/// `−log softmax(s[r])[t_r]` for every row `r` (`t: R x 1`, int64), masked
+/// entries `−inf`. This is `F.cross_entropy(s, t, reduction='none')`, except
+/// where the target is its row's maximum — an aligned pair at small `tau`,
+/// the usual case late in training — where `logsumexp(s) − s[t]` would
+/// cancel to rounding noise (at `tau = 0.01` in `f32` a loss of `1e-10`
+/// comes out as 0 and its gradient `p_t − 1` as noise). There it is
+/// computed as `log1p(Σ_{c≠t} exp(s[c] − s[t]))`, every exponent `<= 0`.
+/// The unused branch is kept finite (exponents clamped to `<= 0`) so no
+/// `inf · 0` reaches the gradient through the `where`.
+pub(crate) fn target_nll(s: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let s_t = s.f_gather(1, t, false)?;
+    let diff = s.f_sub(&s_t)?;
+    let target_is_max = diff.f_gt(0.0)?.f_any_dim(1, false)?.f_logical_not()?;
+    let others = diff
+        .f_clamp_max(0.0)?
+        .f_exp()?
+        .f_scatter_value(1, t, 0.0)?
+        .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?;
+    let dominant = others.f_log1p()?;
+    // `log_softmax`, not `logsumexp − s[t]`: its backward keeps each row of
+    // `softmax − onehot` summing to zero, which the gradient of a batch of
+    // near-duplicate embeddings (a difference of nearly equal vectors)
+    // needs; `logsumexp`'s backward is off by the rounding of the row's
+    // `lse` (at `tau = 0.01` in `f32`, 4e-4 relative where this is 8e-6).
+    let general = s
+        .f_log_softmax(1, None::<Kind>)?
+        .f_gather(1, t, false)?
+        .f_squeeze_dim(1)?
+        .f_neg()?;
+    Ok(dominant.f_where_self(&target_is_max, &general)?)
 }
 
 /// SPEC 3.2, SimCLR's NT-Xent, as the authors' `NT_Xent` computes it:
@@ -61,13 +97,8 @@ pub(crate) fn simclr_loss_unchecked(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Res
     let un = crate::layers::l2_normalize(&u, COSINE_EPS)?;
     let sim = un.f_matmul(&un.f_tr()?)?.f_div_scalar(tau)?;
     let logits = sim.f_masked_fill(&diagonal(2 * n, device)?, f64::NEG_INFINITY)?;
-    Ok(logits.f_cross_entropy_loss::<Tensor>(
-        &positives(n, device)?,
-        None,
-        Reduction::Mean,
-        -100,
-        0.0,
-    )?)
+    let targets = positives(n, device)?.f_unsqueeze(1)?;
+    Ok(target_nll(&logits, &targets)?.f_mean(None::<Kind>)?)
 }
 
 /// SPEC 3.3, UEL (Ye et al.'s batch criterion, `negM = 1`):
@@ -94,9 +125,11 @@ pub(crate) fn uel_loss_unchecked(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result
         .f_div_scalar(tau)?
         .f_masked_fill(&diag, f64::NEG_INFINITY)?;
     let lse = s.f_logsumexp([1], true)?;
-    let log_p = s.f_sub(&lse)?;
+    // log_softmax rather than s − lse (see `target_nll`)
+    let log_p = s.f_log_softmax(1, None::<Kind>)?;
     let pos = positives(n, device)?.f_unsqueeze(1)?;
-    let log_p_pos = log_p.f_gather(1, &pos, false)?.f_squeeze_dim(1)?;
+    // log p[a,pos(a)] without cancellation when the positive dominates.
+    let log_p_pos = target_nll(&s, &pos)?.f_neg()?;
     // log(1 − p) for every entry, stably.
     let p = log_p.f_exp()?;
     let small = p.f_clamp_max(0.5)?.f_neg()?.f_log1p()?;
@@ -217,4 +250,58 @@ pub fn loss_forward_backward(
         grad_z_p,
         grad_z_q,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(v: &[f64], shape: [i64; 2]) -> Tensor {
+        Tensor::from_slice(v).reshape(shape).set_requires_grad(true)
+    }
+
+    #[test]
+    fn target_nll_is_cross_entropy_in_general() {
+        let s = Tensor::randn([7, 5], (Kind::Double, Device::Cpu)) * 3.0;
+        // mask the diagonal of the first five rows, as the losses mask b = a
+        let mask: Vec<bool> = (0..35).map(|k| k / 5 < 5 && k / 5 == k % 5).collect();
+        let s = s.masked_fill(
+            &Tensor::from_slice(&mask).reshape([7, 5]),
+            f64::NEG_INFINITY,
+        );
+        let t = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 0, 1]).unsqueeze(1);
+        let ours = target_nll(&s, &t).unwrap();
+        let torch = s.cross_entropy_loss::<Tensor>(
+            &t.squeeze_dim(1),
+            None,
+            tch::Reduction::None,
+            -100,
+            0.0,
+        );
+        let diff = (&ours - &torch).abs().max().double_value(&[]);
+        assert!(diff < 1e-13, "max difference {diff}");
+    }
+
+    #[test]
+    fn target_nll_is_accurate_when_the_target_dominates() {
+        // logits (0, -50): nll = ln(1 + e^-50), gradient (−q, q) with q = e^-50 / (1 + e^-50).
+        let s = leaf(&[0.0, -50.0], [1, 2]);
+        let t = Tensor::from_slice(&[0i64]).unsqueeze(1);
+        let nll = target_nll(&s, &t).unwrap().sum(Kind::Double);
+        let e = (-50f64).exp();
+        let want = e.ln_1p();
+        let got = nll.double_value(&[]);
+        assert!((got - want).abs() <= 1e-15 * want, "{got} vs {want}");
+        // F.cross_entropy itself rounds this loss to 0:
+        let ce =
+            s.cross_entropy_loss::<Tensor>(&t.squeeze_dim(1), None, tch::Reduction::Sum, -100, 0.0);
+        assert_eq!(ce.double_value(&[]), 0.0);
+        nll.backward();
+        let g = Vec::<f64>::try_from(&s.grad().reshape([-1])).unwrap();
+        let q = e / (1.0 + e);
+        assert!(
+            (g[0] + q).abs() <= 1e-15 * q && (g[1] - q).abs() <= 1e-15 * q,
+            "{g:?}"
+        );
+    }
 }

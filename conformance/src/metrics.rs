@@ -15,6 +15,7 @@ use std::sync::Mutex;
 /// assert!((rel_err(&[1.0, 2.1], &[1.0, 2.0]).unwrap() - 0.05).abs() < 1e-12);
 /// assert_eq!(rel_err(&[0.0], &[0.0]), Some(0.0));
 /// assert_eq!(rel_err(&[1e-30], &[0.0]), Some(f64::INFINITY));
+/// assert_eq!(rel_err(&[f64::NAN, 1.0], &[1.0, 1.0]), Some(f64::INFINITY));
 /// ```
 pub fn rel_err(a: &[f64], b: &[f64]) -> Option<f64> {
     if a.len() != b.len() {
@@ -24,7 +25,8 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> Option<f64> {
     let diff = a
         .iter()
         .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f64, nan_max);
     if diff.is_nan() {
         return Some(f64::INFINITY);
     }
@@ -49,6 +51,15 @@ pub fn rel_err2(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
         &b.iter().copied().collect::<Vec<_>>(),
     )
     .unwrap_or(f64::INFINITY)
+}
+
+/// `max` that keeps a NaN (so a NaN anywhere makes the error NaN, never 0).
+pub fn nan_max(m: f64, x: f64) -> f64 {
+    if x.is_nan() || x > m {
+        x
+    } else {
+        m
+    }
 }
 
 /// SPEC 8's tolerances.

@@ -2,7 +2,8 @@
 //! pair, then one table of cases and largest relative errors.
 //!
 //! `PROPTEST_CASES=200 cargo test --release -p clae-conformance --test suite`
-//! for a deeper run.
+//! for a deeper run; `CLAE_SUITE_RANDOM=1` for fresh cases instead of the
+//! fixed seed's.
 
 use clae_accelerated::device::Precision as TorchPrecision;
 use clae_conformance::backend::{Reference, Torch};
@@ -12,7 +13,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cases = cases();
-    eprintln!("conformance suite: {cases} cases per property and pair (PROPTEST_CASES)");
+    let seed = match clae_conformance::suite::seed() {
+        proptest::test_runner::RngSeed::Fixed(s) => format!("seed {s} (PROPTEST_RNG_SEED)"),
+        proptest::test_runner::RngSeed::Random => "fresh random seeds (CLAE_SUITE_RANDOM)".into(),
+    };
+    eprintln!("conformance suite: {cases} cases per property and pair (PROPTEST_CASES), {seed}");
     let mut pairs = vec![
         Pair::new(
             Box::new(Torch::cpu(TorchPrecision::F64)),

@@ -20,7 +20,8 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let diff = a
         .iter()
         .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f64, clae_conformance::metrics::nan_max);
     if scale == 0.0 {
         if diff == 0.0 {
             0.0

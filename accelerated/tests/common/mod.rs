@@ -52,10 +52,12 @@ pub fn rel_err<D: ndarray::Dimension, E: ndarray::Dimension>(
 ) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    // A NaN anywhere must not be swallowed by `f64::max`.
     let diff = a
         .iter()
         .zip(b.iter())
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f64, |m, d| if d.is_nan() || d > m { d } else { m });
     if scale == 0.0 {
         diff
     } else {

@@ -1,0 +1,184 @@
+//! Where `f32` cannot be held to SPEC 8's `1e-4`, detected with the
+//! reference in both precisions.
+//!
+//! ReLU kinks. A gradient through a ReLU network is discontinuous
+//! where a pre-activation crosses zero. When an `f32` forward pass rounds a
+//! pre-activation to the other side of zero than the `f64` pass does, the
+//! two gradients legitimately differ by that unit's whole contribution —
+//! no tolerance on smooth error covers it. Such cases are detected (with the
+//! reference, in both precisions) and their gradient comparisons skipped
+//! and counted, exactly as finite-difference checks stay away from kinks.
+
+use crate::backend::Model;
+use clae_reference::encoder::{Branch, Mlp, Mode};
+use clae_reference::layers::linear_forward;
+use clae_reference::Real;
+use ndarray::Array2;
+
+/// Every ReLU input of the encoder for `x` in `mode`, layer by layer
+/// (backbone BatchNorm outputs, then the head's first linear layer), as
+/// the reference computes them in `F`.
+fn pre_relu<F: Real>(model: &Model, x: &Array2<f64>, mode: Mode) -> Option<Vec<Array2<f64>>> {
+    let mlp = Mlp::<F>::from_state_dict(model.config, &model.state.cast()).ok()?;
+    let fwd = mlp.forward(x.mapv(F::c).view(), mode).ok()?;
+    let mut out = Vec::with_capacity(mlp.backbone.len() + 1);
+    for (layer, cache) in mlp.backbone.iter().zip(&fwd.bn) {
+        let bn = match mode {
+            Mode::Train(Branch::Adv) => &layer.bn.adv,
+            _ => &layer.bn.clean,
+        };
+        out.push((&cache.x_hat * &bn.gamma + &bn.beta).mapv(|v| v.as_f64()));
+    }
+    let last = fwd.acts.last()?;
+    let h0 = linear_forward(
+        last.view(),
+        mlp.head[0].weight.view(),
+        mlp.head[0].bias.view(),
+    );
+    out.push(h0.mapv(|v| v.as_f64()));
+    Some(out)
+}
+
+/// Whether an `f32` forward pass of `x` may put some ReLU on the other side
+/// of its kink than the `f64` one: some pre-activation is within 8 times
+/// its layer's largest `f32`-vs-`f64` difference of zero. (`true` when the
+/// reference cannot run the input: the caller's own checks report that.)
+pub fn f32_relu_flip_risk(model: &Model, x: &Array2<f64>, mode: Mode) -> bool {
+    let (Some(hi), Some(lo)) = (
+        pre_relu::<f64>(model, x, mode),
+        pre_relu::<f32>(model, x, mode),
+    ) else {
+        return true;
+    };
+    hi.iter().zip(&lo).any(|(h, l)| {
+        let err = h
+            .iter()
+            .zip(l.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f64, crate::metrics::nan_max);
+        h.iter().any(|v| v.abs() <= 8.0 * err)
+    })
+}
+
+/// The relative condition number of BatchNorm's centring for `x` in a
+/// training mode: over every backbone layer and feature, `max|h| / σ`, `h`
+/// the layer's pre-BatchNorm activations and `σ = √(var + eps_bn)` its batch
+/// standard deviation. `x̂ = (h − μ)/σ` loses `log10` of it in digits: a
+/// feature whose batch values nearly coincide (common at `N = 2`, where
+/// BatchNorm maps every feature to `±1` and the next layer's features can
+/// differ by almost nothing) makes `f32`'s `6e-8` rounding an error of
+/// `6e-8 · cond`. `0` in evaluation mode (running statistics, no centring
+/// by the batch).
+pub fn batchnorm_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
+    if mode == Mode::Eval {
+        return 0.0;
+    }
+    let Ok(mlp) = Mlp::<f64>::from_state_dict(model.config, &model.state) else {
+        return f64::INFINITY;
+    };
+    let Ok(fwd) = mlp.forward(x.view(), mode) else {
+        return f64::INFINITY;
+    };
+    let mut cond = 0.0f64;
+    for (l, layer) in mlp.backbone.iter().enumerate() {
+        let h = linear_forward(
+            fwd.acts[l].view(),
+            layer.linear.weight.view(),
+            layer.linear.bias.view(),
+        );
+        for (column, inv_std) in h.columns().into_iter().zip(fwd.bn[l].inv_std.iter()) {
+            let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            cond = crate::metrics::nan_max(cond, peak * inv_std);
+        }
+    }
+    cond
+}
+
+/// Whether `f32` rounding of BatchNorm's centring may cost more than a
+/// hundredth of SPEC 8's `1e-4` for `x`: [`batchnorm_condition`] times
+/// `f32`'s unit roundoff above `1e-6`. (A hundredth, not a tenth: the
+/// backward pass meets the condition number again — `x̂` enters `dx`
+/// twice — and optimizer state squares gradients.)
+pub fn f32_ill_conditioned(model: &Model, x: &Array2<f64>, mode: Mode) -> bool {
+    batchnorm_condition(model, x, mode) * (f32::EPSILON as f64 / 2.0) > 1e-6
+}
+
+/// The relative condition number of BatchNorm's training-mode backward at
+/// `N = 2`, where each feature normalises to `x̂ = ±s` with
+/// `1 − s² = eps_bn / (σ² + eps_bn)`: the backward pass returns
+/// `(dy₁ − dy₂)(1 − s²)/…`, a residue of `O(1)` terms, so rounding costs it
+/// `u · (σ² + eps_bn) / eps_bn`; the largest such factor over every backbone
+/// layer and feature. `0` for any other batch size (BatchNorm's backward then
+/// projects out two directions of `N ≥ 3` and stays well-conditioned) and in
+/// evaluation mode.
+pub fn pair_backward_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
+    if mode == Mode::Eval || x.nrows() != 2 {
+        return 0.0;
+    }
+    let Ok(mlp) = Mlp::<f64>::from_state_dict(model.config, &model.state) else {
+        return f64::INFINITY;
+    };
+    let Ok(fwd) = mlp.forward(x.view(), mode) else {
+        return f64::INFINITY;
+    };
+    let mut cond = 0.0f64;
+    for (layer, cache) in mlp.backbone.iter().zip(&fwd.bn) {
+        let eps = layer.bn.clean.eps;
+        for inv_std in cache.inv_std.iter() {
+            cond = crate::metrics::nan_max(cond, 1.0 / (inv_std * inv_std * eps));
+        }
+    }
+    cond
+}
+
+/// Whether, at `N = 2`, rounding in `precision` may cost BatchNorm's
+/// backward more than a tenth of `tol`: [`pair_backward_condition`] times
+/// the unit roundoff above `tol / 10`.
+pub fn pair_ill_conditioned(
+    model: &Model,
+    x: &Array2<f64>,
+    mode: Mode,
+    unit_roundoff: f64,
+    tol: f64,
+) -> bool {
+    pair_backward_condition(model, x, mode) * unit_roundoff > tol / 10.0
+}
+
+/// The relative condition number of BatchNorm's centring without the
+/// `eps_bn` cushion: over every backbone layer and feature, `max|h| / s`,
+/// `s` the batch's own (biased) standard deviation of `h` (infinite where
+/// all of a feature's batch values coincide). `x̂ = (h − μ)/√(s² + eps_bn)`
+/// is accurate to `u · max|h| / s` relative to *itself*; where `s² ≪ eps_bn`
+/// that is far worse than [`batchnorm_condition`] says, and it is what a
+/// quantity built from `x̂` alone — BatchNorm's `dγ = Σ dy ⊙ x̂`, its optimizer
+/// state, the next layer's input — inherits when measured against its own
+/// scale (seen: a clamped adversarial view whose rows all became `[1, 1]`,
+/// giving `dγ` of the adv branch from rounding alone). `0` in evaluation mode.
+pub fn centring_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
+    if mode == Mode::Eval {
+        return 0.0;
+    }
+    let Ok(mlp) = Mlp::<f64>::from_state_dict(model.config, &model.state) else {
+        return f64::INFINITY;
+    };
+    let Ok(fwd) = mlp.forward(x.view(), mode) else {
+        return f64::INFINITY;
+    };
+    let mut cond = 0.0f64;
+    for (l, layer) in mlp.backbone.iter().enumerate() {
+        let h = linear_forward(
+            fwd.acts[l].view(),
+            layer.linear.weight.view(),
+            layer.linear.bias.view(),
+        );
+        for column in h.columns() {
+            let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let mean = column.mean().unwrap_or(0.0);
+            let var =
+                column.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / column.len() as f64;
+            let c = if peak == 0.0 { 0.0 } else { peak / var.sqrt() };
+            cond = crate::metrics::nan_max(cond, c);
+        }
+    }
+    cond
+}
