@@ -150,3 +150,247 @@ fn the_reference_reproduces_every_vector() {
     }
     println!("reference vs committed vectors: max relative error {worst:e} (cpu {here})");
 }
+
+/// libtorch (tch, CPU) reproduces every committed vector within SPEC 8: in
+/// `f64` to `1e-10` per tensor, in `f32` to `1e-4`, `sign(g)` under SPEC 8's
+/// rule, and `Q_adv` exact except where a sign was excused (then within
+/// `2 eps`). The suite's documented rules apply (conformance/README.md): under
+/// Adam the pre-BatchNorm biases (gradient zero analytically) and, in `f32`,
+/// all updated parameters are not compared; `f32` skips the gradient and step
+/// quantities of a vector whose BatchNorm is ill-conditioned for it (N = 2
+/// with a near-coinciding feature, for instance), and says so.
+#[test]
+fn libtorch_reproduces_every_vector_within_spec_8() {
+    use clae_accelerated::device::Precision as TorchPrecision;
+    use clae_conformance::backend::{Backend, Model, Precision, StepKind, Torch};
+    use clae_conformance::json::state_from_json;
+    use clae_conformance::metrics::{below_threshold, compare_signs, compare_views, Tolerance};
+    use clae_conformance::suite::kinks;
+    use clae_conformance::vectors::typed;
+    use clae_reference::adversarial::QStart;
+    use clae_reference::encoder::{Branch, Mode};
+    use clae_reference::state::Role;
+
+    for (torch, precision) in [
+        (TorchPrecision::F64, Precision::F64),
+        (TorchPrecision::F32, Precision::F32),
+    ] {
+        let be = Torch::cpu(torch);
+        let tol = Tolerance::between(precision, Precision::F64);
+        let u = match precision {
+            Precision::F64 => f64::EPSILON / 2.0,
+            Precision::F32 => f32::EPSILON as f64 / 2.0,
+        };
+        let worst: std::cell::RefCell<std::collections::BTreeMap<&str, f64>> = Default::default();
+        let (mut excused, mut compared, mut skipped) = (0usize, 0usize, Vec::new());
+        for v in vectors() {
+            let (_, p, q) = v.reference_inputs().unwrap();
+            let model = Model {
+                config: v.config.encoder.into(),
+                state: state_from_json(&v.initial_state).unwrap(),
+            };
+            let (_, clae, opt) = typed(&v.config).unwrap();
+            let want = &v.expected;
+            let check = |what: &'static str, a: &[f64], b: &[f64]| {
+                let e = rel_err(a, b);
+                let mut worst = worst.borrow_mut();
+                let w = worst.entry(what).or_insert(0.0);
+                *w = w.max(e);
+                assert!(
+                    e <= tol.one_step,
+                    "{} {}: {what} rel err {e:e} > {:e}",
+                    be.name(),
+                    v.name,
+                    tol.one_step
+                );
+            };
+            let clean = Mode::Train(Branch::Clean);
+            let adv = Mode::Train(Branch::Adv);
+            let start = if clae.adv.start == QStart::P { &p } else { &q };
+            let f32_risky = precision == Precision::F32
+                && [(&p, clean), (&q, clean), (start, adv)]
+                    .iter()
+                    .any(|(x, m)| {
+                        kinks::f32_ill_conditioned(&model, x, *m)
+                            || kinks::f32_relu_flip_risk(&model, x, *m)
+                    });
+            let n2 = [(&p, clean), (&q, clean), (start, adv)]
+                .iter()
+                .any(|(x, m)| kinks::pair_ill_conditioned(&model, x, *m, u, tol.one_step));
+            if f32_risky || n2 {
+                skipped.push(v.name.clone());
+            }
+            let z_p = be.embed(&model, &p, clean).unwrap();
+            let z_q = be.embed(&model, &q, clean).unwrap();
+            if !(precision == Precision::F32 && kinks::f32_ill_conditioned(&model, &p, clean)) {
+                check("Z_P", z_p.as_slice().unwrap(), &want.z_p.data);
+                check("Z_Q", z_q.as_slice().unwrap(), &want.z_q.data);
+            }
+            let (wzp, wzq) = (want.z_p.to_array2().unwrap(), want.z_q.to_array2().unwrap());
+            let out = be.loss(clae.loss, &wzp, &wzq, clae.tau).unwrap();
+            check("loss", &[out.value], &[want.loss]);
+            check(
+                "dL/dZ_P",
+                out.grad_z_p.as_slice().unwrap(),
+                &want.grad_z_p.data,
+            );
+            check(
+                "dL/dZ_Q",
+                out.grad_z_q.as_slice().unwrap(),
+                &want.grad_z_q.data,
+            );
+            if f32_risky || n2 {
+                continue;
+            }
+            let g_want = want.g.to_array2().unwrap();
+            let g = be
+                .input_gradient(&model, &p, start, clae.loss, clae.tau)
+                .unwrap();
+            check("g", g.as_slice().unwrap(), &want.g.data);
+            let signs = compare_signs(&g, &g_want, tol.sign_threshold);
+            assert_eq!(
+                signs.mismatched,
+                0,
+                "{} {}: sign(g) differs above the threshold",
+                be.name(),
+                v.name
+            );
+            assert!(
+                signs.excused_fraction() <= 0.01,
+                "{} {}: {} of {} signs excused",
+                be.name(),
+                v.name,
+                signs.excused,
+                signs.total
+            );
+            excused += signs.excused;
+            compared += signs.total;
+            let trained = be
+                .train(&model, opt, StepKind::Clae(clae), &[(p.clone(), q.clone())])
+                .unwrap();
+            let report = &trained.reports[0];
+            let q_adv = report.q_adv.as_ref().expect("a CLAE step returns Q_adv");
+            let mask = below_threshold(&g_want, tol.sign_threshold);
+            let (e, bad) = compare_views(
+                q_adv,
+                &want.q_adv.to_array2().unwrap(),
+                &mask,
+                clae.adv.eps,
+                tol.one_step,
+            );
+            assert_eq!(
+                bad,
+                0,
+                "{} {}: Q_adv off in {bad} entries (worst {e:e})",
+                be.name(),
+                v.name
+            );
+            {
+                let mut worst = worst.borrow_mut();
+                let w = worst.entry("Q_adv").or_insert(0.0);
+                *w = w.max(e);
+            }
+            if signs.excused > 0 {
+                continue; // a different Q_adv: the rest of the step differs legitimately
+            }
+            check("loss_adv", &[report.loss_adv.unwrap()], &[want.loss_adv]);
+            check("L_total", &[report.total], &[want.l_total]);
+            let adam = v.config.optimizer.kind == "adam";
+            let pre_bn_bias =
+                |name: &str| name.starts_with("backbone.") && name.contains(".linear.bias");
+            // A tensor whose gradient is zero analytically (here: BatchNorm β
+            // of a feature no row activates after the ReLU, at N = 2) holds
+            // rounding noise of arbitrary relative size in both; SPEC 8's
+            // per-tensor measure gets a floor of 1e-6 of the largest tensor
+            // of its kind (parameters, BN running stats, optimizer state).
+            let kind = |name: &str, role: Role| {
+                if name.ends_with("running_mean") || name.ends_with("running_var") {
+                    "BN running stats"
+                } else if role == Role::Parameter {
+                    "parameters"
+                } else {
+                    "optimizer state"
+                }
+            };
+            let mut scale: std::collections::BTreeMap<&str, f64> = Default::default();
+            let roles: std::collections::BTreeMap<&str, Role> = trained
+                .state
+                .entries
+                .iter()
+                .map(|e| (e.name.as_str(), e.role))
+                .collect();
+            let role_of = |name: &str| roles.get(name).copied().unwrap_or(Role::Buffer);
+            for b in want
+                .state_after_step
+                .iter()
+                .chain(&want.optimizer_state_after_step)
+            {
+                let s = scale.entry(kind(&b.name, role_of(&b.name))).or_insert(0.0);
+                *s = b.data.iter().fold(*s, |m, x| m.max(x.abs()));
+            }
+            for (got, wanted) in [
+                (&trained.state.entries, &want.state_after_step),
+                (&trained.optimizer.entries, &want.optimizer_state_after_step),
+            ] {
+                assert_eq!(got.len(), wanted.len(), "{}: number of tensors", v.name);
+                for (a, b) in got.iter().zip(wanted) {
+                    assert_eq!(a.name, b.name, "{}: tensor order", v.name);
+                    if adam && pre_bn_bias(&a.name) {
+                        continue;
+                    }
+                    if adam && precision == Precision::F32 && a.role == Role::Parameter {
+                        continue;
+                    }
+                    let what = kind(&a.name, role_of(&a.name));
+                    let floor = 1e-6 * scale[what];
+                    let own = b.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                    let diff = a
+                        .value
+                        .iter()
+                        .zip(&b.data)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f64, clae_conformance::metrics::nan_max);
+                    // The pre-BatchNorm bias's gradient is zero analytically
+                    // too: its optimizer state is measured against its layer's
+                    // weight state, as in the suite.
+                    let sibling = if pre_bn_bias(&a.name) && role_of(&a.name) != Role::Parameter {
+                        let w = a.name.replace(".linear.bias", ".linear.weight");
+                        wanted
+                            .iter()
+                            .find(|e| e.name == w)
+                            .map_or(0.0, |e| e.data.iter().fold(0.0f64, |m, x| m.max(x.abs())))
+                    } else {
+                        0.0
+                    };
+                    let denom = own.max(floor).max(sibling);
+                    let e = if denom == 0.0 {
+                        if diff == 0.0 {
+                            0.0
+                        } else {
+                            f64::INFINITY
+                        }
+                    } else {
+                        diff / denom
+                    };
+                    let mut worst = worst.borrow_mut();
+                    let w = worst.entry(what).or_insert(0.0);
+                    *w = w.max(e);
+                    assert!(
+                        e <= tol.one_step,
+                        "{} {}: {} rel err {e:e} > {:e}",
+                        be.name(),
+                        v.name,
+                        a.name,
+                        tol.one_step
+                    );
+                }
+            }
+        }
+        println!(
+            "{} vs committed vectors: max relative errors {:?}; sign(g) excused {excused} of {compared}; gradient and step checks skipped (ill-conditioned at this precision) for {} vectors: {skipped:?}",
+            be.name(),
+            worst.borrow(),
+            skipped.len()
+        );
+    }
+}
