@@ -1,21 +1,12 @@
 //! Records the compiler and the locked versions of the libraries the
 //! overhead report names (tch, torch-sys, ndarray, matrixmultiply), so the
-//! report states exactly what it measured; and passes libtorch's rpath to
-//! the linker, because rustdoc does not see the workspace's `build.rustflags`
-//! (where `scripts/setup.sh` puts it) when it links doctests.
+//! report states exactly what it measured. (libtorch's rpath for binaries
+//! and doctests comes from `build.rustflags` / `build.rustdocflags`, which
+//! `scripts/setup.sh` writes into `.cargo/config.toml`.)
 
 use std::process::Command;
 
 fn main() {
-    let torch_lib = std::env::var("CLAE_TORCH_LIB")
-        .ok()
-        .or_else(|| std::env::var("LIBTORCH").ok().map(|d| format!("{d}/lib")));
-    if let Some(dir) = torch_lib {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
-    println!("cargo:rerun-if-env-changed=CLAE_TORCH_LIB");
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = Command::new(rustc)
         .arg("--version")

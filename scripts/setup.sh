@@ -90,6 +90,8 @@ CLAE_DIGITS_CSV = "$digits"
 
 [build]
 rustflags = ["-C", "link-arg=-Wl,-rpath,$torch_dir/lib"]
+# rustdoc links doctests itself and does not read rustflags
+rustdocflags = ["-C", "link-arg=-Wl,-rpath,$torch_dir/lib"]
 TOML
 )
 if [ ! -f "$config" ] || [ "$(cat "$config")" != "$want" ]; then
