@@ -19,7 +19,7 @@ use crate::backend::Model;
 use clae_reference::encoder::{Branch, Mlp, Mode};
 use clae_reference::layers::linear_forward;
 use clae_reference::Real;
-use ndarray::Array2;
+use ndarray::{Array1, Array2};
 
 /// Every ReLU input of the encoder for `x` in `mode`, layer by layer
 /// (backbone BatchNorm outputs, then the head's first linear layer), as
@@ -66,6 +66,32 @@ pub fn f32_relu_flip_risk(model: &Model, x: &Array2<f64>, mode: Mode) -> bool {
     })
 }
 
+/// Every backbone layer's pre-BatchNorm activations `h` and `1/√(var + eps_bn)`
+/// per feature for `x` in `mode`, as the reference computes them in `f64`
+/// (`None` when it cannot run the input).
+fn pre_batchnorm(
+    model: &Model,
+    x: &Array2<f64>,
+    mode: Mode,
+) -> Option<Vec<(Array2<f64>, Array1<f64>)>> {
+    let mlp = Mlp::<f64>::from_state_dict(model.config, &model.state).ok()?;
+    let fwd = mlp.forward(x.view(), mode).ok()?;
+    Some(
+        mlp.backbone
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let h = linear_forward(
+                    fwd.acts[l].view(),
+                    layer.linear.weight.view(),
+                    layer.linear.bias.view(),
+                );
+                (h, fwd.bn[l].inv_std.clone())
+            })
+            .collect(),
+    )
+}
+
 /// The relative condition number of BatchNorm's centring for `x` in a
 /// training mode: over every backbone layer and feature, `max|h| / σ`, `h`
 /// the layer's pre-BatchNorm activations and `σ = √(var + eps_bn)` its batch
@@ -79,20 +105,12 @@ pub fn batchnorm_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
     if mode == Mode::Eval {
         return 0.0;
     }
-    let Ok(mlp) = Mlp::<f64>::from_state_dict(model.config, &model.state) else {
-        return f64::INFINITY;
-    };
-    let Ok(fwd) = mlp.forward(x.view(), mode) else {
+    let Some(layers) = pre_batchnorm(model, x, mode) else {
         return f64::INFINITY;
     };
     let mut cond = 0.0f64;
-    for (l, layer) in mlp.backbone.iter().enumerate() {
-        let h = linear_forward(
-            fwd.acts[l].view(),
-            layer.linear.weight.view(),
-            layer.linear.bias.view(),
-        );
-        for (column, inv_std) in h.columns().into_iter().zip(fwd.bn[l].inv_std.iter()) {
+    for (h, inv_std) in &layers {
+        for (column, inv_std) in h.columns().into_iter().zip(inv_std) {
             let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             cond = crate::metrics::nan_max(cond, peak * inv_std);
         }
@@ -121,18 +139,13 @@ pub fn pair_backward_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f6
     if mode == Mode::Eval || x.nrows() != 2 {
         return 0.0;
     }
-    let Ok(mlp) = Mlp::<f64>::from_state_dict(model.config, &model.state) else {
+    let Some(layers) = pre_batchnorm(model, x, mode) else {
         return f64::INFINITY;
     };
-    let Ok(fwd) = mlp.forward(x.view(), mode) else {
-        return f64::INFINITY;
-    };
+    let eps = model.config.bn_eps;
     let mut cond = 0.0f64;
-    for (layer, cache) in mlp.backbone.iter().zip(&fwd.bn) {
-        let eps = layer.bn.clean.eps;
-        for inv_std in cache.inv_std.iter() {
-            cond = crate::metrics::nan_max(cond, 1.0 / (inv_std * inv_std * eps));
-        }
+    for inv_std in layers.iter().flat_map(|(_, inv_std)| inv_std) {
+        cond = crate::metrics::nan_max(cond, 1.0 / (inv_std * inv_std * eps));
     }
     cond
 }
@@ -164,19 +177,11 @@ pub fn centring_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
     if mode == Mode::Eval {
         return 0.0;
     }
-    let Ok(mlp) = Mlp::<f64>::from_state_dict(model.config, &model.state) else {
-        return f64::INFINITY;
-    };
-    let Ok(fwd) = mlp.forward(x.view(), mode) else {
+    let Some(layers) = pre_batchnorm(model, x, mode) else {
         return f64::INFINITY;
     };
     let mut cond = 0.0f64;
-    for (l, layer) in mlp.backbone.iter().enumerate() {
-        let h = linear_forward(
-            fwd.acts[l].view(),
-            layer.linear.weight.view(),
-            layer.linear.bias.view(),
-        );
+    for (h, _) in &layers {
         for column in h.columns() {
             let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let mean = column.mean().unwrap_or(0.0);

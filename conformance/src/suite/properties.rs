@@ -231,20 +231,7 @@ impl Pair {
             );
         }
         let bound_scale = scale.max(NOISE_FACTOR * noise / tol);
-        let diff = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f64, crate::metrics::nan_max);
-        let err = if bound_scale == 0.0 {
-            if diff == 0.0 {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        } else {
-            diff / bound_scale
-        };
+        let err = crate::metrics::err_over(a, b, bound_scale);
         record(&self.label(), quantity, err);
         let bound = tol * bound_scale;
         if a.iter()
@@ -310,21 +297,7 @@ impl Pair {
                     }
                 }
             }
-            let diff = ea
-                .value
-                .iter()
-                .zip(eb.value.iter())
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f64, crate::metrics::nan_max);
-            let e = if scale == 0.0 {
-                if diff == 0.0 {
-                    0.0
-                } else {
-                    f64::INFINITY
-                }
-            } else {
-                diff / scale
-            };
+            let e = crate::metrics::err_over(&ea.value, &eb.value, scale);
             if e > worst.0 || e.is_nan() {
                 worst = (e, ea.name.clone());
             }
