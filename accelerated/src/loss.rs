@@ -4,7 +4,7 @@
 //! Each loss takes `z_p, z_q: N x d` and `tau`, and returns a 0-d tensor in
 //! the autograd graph of its inputs. Row `k` of the other view plays the role
 //! of a classifier weight, so Plain and SimCLR are `F.cross_entropy` over
-//! similarity logits — its value computed by [`target_nll`], which avoids
+//! similarity logits — its value computed by `target_nll`, which avoids
 //! the cancellation of `logsumexp − s[t]` when the target dominates.
 
 use crate::check;
@@ -24,7 +24,7 @@ pub const COSINE_EPS: f64 = 1e-8;
 /// L_ce = F.cross_entropy(S, [0, 1, …, N−1])      (mean over rows)
 /// ```
 ///
-/// (The per-row cross-entropy is [`target_nll`], `F.cross_entropy`'s value
+/// (The per-row cross-entropy is `target_nll`, `F.cross_entropy`'s value
 /// computed without cancellation when the target dominates.)
 pub(crate) fn plain_loss_unchecked(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<Tensor> {
     let n = z_p.size()[0];
