@@ -112,17 +112,7 @@ fn input_gradients_and_views_match() {
         let got = acc_adv::input_gradient(&mlp, &t64(&p), &t64(&q), kind, tau).unwrap();
         let e = rel_err(&arr(&got), &want);
         assert!(e < 1e-10, "{kind} g: {e:e}");
-        for (start, attack) in [
-            (QStart::P, Attack::Fgsm),
-            (QStart::Q, Attack::Fgsm),
-            (
-                QStart::P,
-                Attack::Pgd {
-                    steps: 3,
-                    eta: 0.01,
-                },
-            ),
-        ] {
+        for (start, attack) in attack_settings() {
             let cfg = AdvConfig {
                 eps: 0.03,
                 start,

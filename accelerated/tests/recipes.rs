@@ -6,7 +6,7 @@
 mod common;
 
 use clae_accelerated::adversarial::{
-    adversarial_view, adversarial_view_authors, AdvConfig, Attack, QStart, Recipe,
+    adversarial_view, adversarial_view_authors, AdvConfig, Recipe,
 };
 use clae_accelerated::device::Precision;
 use clae_accelerated::encoder::{Encoder, Gradients};
@@ -142,17 +142,7 @@ fn mlp_recipes_agree_for_every_loss_and_attack() {
     for (seed, kind) in LossKind::ALL.into_iter().enumerate() {
         let p = t64(&normal2(8, 12, 30 + seed as u64));
         let q = t64(&(normal2(8, 12, 40 + seed as u64) * 0.3)) + &p;
-        for (start, attack) in [
-            (QStart::P, Attack::Fgsm),
-            (QStart::Q, Attack::Fgsm),
-            (
-                QStart::P,
-                Attack::Pgd {
-                    steps: 3,
-                    eta: 0.01,
-                },
-            ),
-        ] {
+        for (start, attack) in attack_settings() {
             let cfg = ClaeConfig {
                 adv: AdvConfig {
                     eps: 0.03,

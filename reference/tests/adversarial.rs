@@ -10,7 +10,7 @@ use clae_reference::adversarial::{
     adversarial_view, adversarial_view_authors, input_gradient, AdvConfig, Attack, QStart,
 };
 use clae_reference::encoder::{Branch, Mlp, MlpConfig, Mode};
-use clae_reference::loss::{loss_value, LossKind};
+use clae_reference::loss::LossKind;
 use clae_reference::rng::Rng;
 use common::*;
 use ndarray::Array2;
@@ -94,23 +94,6 @@ fn g_i_depends_on_every_anchor_even_without_batchnorm() {
     }
 }
 
-/// The scalar that FGSM ascends: `L(W, f_adv(X))` with `W = f_adv(P)`; for
-/// UEL the right factors are frozen at `right` (SPEC 3.3).
-fn adv_loss(
-    mlp: &Mlp<f64>,
-    w: &Array2<f64>,
-    x: &Array2<f64>,
-    right: &Array2<f64>,
-    kind: LossKind,
-    tau: f64,
-) -> f64 {
-    let z = mlp.forward(x.view(), Mode::Train(Branch::Adv)).unwrap().z;
-    match kind {
-        LossKind::Uel => naive_uel_frozen(stack(w.view(), z.view()).view(), right.view(), tau),
-        _ => loss_value(kind, w.view(), z.view(), tau).unwrap(),
-    }
-}
-
 #[test]
 fn fgsm_raises_the_adversarial_loss_to_first_order() {
     // L(Q_start + eps sign g) − L(Q_start) = eps Σ|g| + O(eps²).
@@ -122,14 +105,14 @@ fn fgsm_raises_the_adversarial_loss_to_first_order() {
             let w = mlp.forward(p.view(), Mode::Train(Branch::Adv)).unwrap().z;
             let z0 = mlp.forward(x0.view(), Mode::Train(Branch::Adv)).unwrap().z;
             let right = stack(w.view(), z0.view());
-            let before = adv_loss(&mlp, &w, x0, &right, kind, tau);
+            let before = adv_scalar(&mlp, &w, x0, &right, kind, tau);
             for eps in [1e-4, 1e-5] {
                 let cfg = AdvConfig {
                     start,
                     ..AdvConfig::fgsm(eps)
                 };
                 let view = adversarial_view(&mlp, p.view(), q.view(), kind, tau, &cfg).unwrap();
-                let after = adv_loss(&mlp, &w, &view.q_adv, &right, kind, tau);
+                let after = adv_scalar(&mlp, &w, &view.q_adv, &right, kind, tau);
                 let predicted = eps * view.grads[0].iter().map(|v| v.abs()).sum::<f64>();
                 let rel = ((after - before) - predicted).abs() / predicted;
                 assert!(after > before, "{kind} {start:?}: loss did not increase");

@@ -435,23 +435,6 @@ fn encoder_backward_matches_finite_differences_in_every_mode() {
     }
 }
 
-/// The scalar whose input gradient is `g` (SPEC 4): `L(W, f_adv(X))` with
-/// `W = f_adv(P)` held constant; for UEL also the right factors frozen.
-fn adv_scalar(
-    mlp: &Mlp<f64>,
-    w: &Array2<f64>,
-    x: &Array2<f64>,
-    right: &Array2<f64>,
-    kind: LossKind,
-    tau: f64,
-) -> f64 {
-    let z = mlp.forward(x.view(), Mode::Train(Branch::Adv)).unwrap().z;
-    match kind {
-        LossKind::Uel => naive_uel_frozen(stack(w.view(), z.view()).view(), right.view(), tau),
-        _ => loss_value(kind, w.view(), z.view(), tau).unwrap(),
-    }
-}
-
 #[test]
 fn input_gradient_g_matches_finite_differences_through_dual_bn() {
     let (mlp, xs) = kink_free_setup(small_config(), 6, 200, 1e-3, &[Branch::Adv], 2);

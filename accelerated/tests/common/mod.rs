@@ -69,3 +69,23 @@ pub fn rel_err<D: ndarray::Dimension, E: ndarray::Dimension>(
 pub fn rel_err_t(a: &Tensor, b: &Tensor) -> f64 {
     rel_err(&arr(a), &arr(b))
 }
+
+/// The attacks the recipe tests sweep: FGSM from P, FGSM from Q, and three
+/// PGD steps of 0.01 from P.
+pub fn attack_settings() -> [(
+    clae_reference::adversarial::QStart,
+    clae_reference::adversarial::Attack<f64>,
+); 3] {
+    use clae_reference::adversarial::{Attack, QStart};
+    [
+        (QStart::P, Attack::Fgsm),
+        (QStart::Q, Attack::Fgsm),
+        (
+            QStart::P,
+            Attack::Pgd {
+                steps: 3,
+                eta: 0.01,
+            },
+        ),
+    ]
+}

@@ -6,6 +6,7 @@ use super::eval::{knn_top1, linear_probe, ProbeConfig, KNN_K, KNN_T};
 use super::report;
 use super::train::{make_trainer, train_run, Backend, Method, ModelConfig, RunRecord, TrainConfig};
 use super::{DigitsError, Result};
+use crate::overhead::machine::load_1min;
 use clae_reference::loss::LossKind;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
@@ -229,16 +230,6 @@ pub struct Replication {
     pub load_average: Option<(f64, f64)>,
 }
 
-/// The 1-minute load average from `/proc/loadavg` (Linux only).
-pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Loads the data, trains every configuration for every seed, writes the
 /// report to `options.out`, and returns the results.
 pub fn run(options: &Options) -> Result<Replication> {
@@ -246,7 +237,7 @@ pub fn run(options: &Options) -> Result<Replication> {
     if matches!(options.backend, Backend::TchCpuF32 | Backend::TchCudaF32) {
         tch::set_num_threads(options.torch_threads.min(i32::MAX as usize) as i32);
     }
-    let load_at_start = load_average();
+    let load_at_start = load_1min();
     let data_path = match &options.data {
         Some(p) => p.clone(),
         None => data::default_path()?,
@@ -303,7 +294,7 @@ pub fn run(options: &Options) -> Result<Replication> {
         runs,
         baseline,
         seconds: started.elapsed().as_secs_f64(),
-        load_average: load_at_start.zip(load_average()),
+        load_average: load_at_start.zip(load_1min()),
     };
     report::write(&rep)?;
     Ok(rep)

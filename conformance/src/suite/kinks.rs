@@ -19,7 +19,7 @@ use crate::backend::Model;
 use clae_reference::encoder::{Branch, Mlp, Mode};
 use clae_reference::layers::linear_forward;
 use clae_reference::Real;
-use ndarray::{Array1, Array2};
+use ndarray::Array2;
 
 /// Every ReLU input of the encoder for `x` in `mode`, layer by layer
 /// (backbone BatchNorm outputs, then the head's first linear layer), as
@@ -66,30 +66,85 @@ pub fn f32_relu_flip_risk(model: &Model, x: &Array2<f64>, mode: Mode) -> bool {
     })
 }
 
-/// Every backbone layer's pre-BatchNorm activations `h` and `1/√(var + eps_bn)`
-/// per feature for `x` in `mode`, as the reference computes them in `f64`
-/// (`None` when it cannot run the input).
-fn pre_batchnorm(
-    model: &Model,
-    x: &Array2<f64>,
-    mode: Mode,
-) -> Option<Vec<(Array2<f64>, Array1<f64>)>> {
-    let mlp = Mlp::<f64>::from_state_dict(model.config, &model.state).ok()?;
-    let fwd = mlp.forward(x.view(), mode).ok()?;
-    Some(
-        mlp.backbone
-            .iter()
-            .enumerate()
-            .map(|(l, layer)| {
-                let h = linear_forward(
-                    fwd.acts[l].view(),
-                    layer.linear.weight.view(),
-                    layer.linear.bias.view(),
-                );
-                (h, fwd.bn[l].inv_std.clone())
-            })
-            .collect(),
-    )
+/// The three BatchNorm condition numbers below, from one reference forward
+/// pass in `f64`; all `0` in evaluation mode (running statistics, no
+/// centring by the batch), all infinite when the reference cannot run the
+/// input (the caller's own checks report that).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conditioning {
+    /// [`batchnorm_condition`].
+    pub batchnorm: f64,
+    /// [`centring_condition`].
+    pub centring: f64,
+    /// [`pair_backward_condition`].
+    pub pair_backward: f64,
+}
+
+impl Conditioning {
+    /// Whether `f32` rounding of BatchNorm's centring may cost more than a
+    /// hundredth of SPEC 8's `1e-4`: [`batchnorm_condition`] times `f32`'s
+    /// unit roundoff above `1e-6`. (A hundredth, not a tenth: the backward
+    /// pass meets the condition number again — `x̂` enters `dx` twice — and
+    /// optimizer state squares gradients.)
+    pub fn f32_ill(&self) -> bool {
+        self.batchnorm * (f32::EPSILON as f64 / 2.0) > 1e-6
+    }
+
+    /// Whether, at `N = 2`, rounding with unit roundoff `u` may cost
+    /// BatchNorm's backward more than a tenth of `tol`.
+    pub fn pair_ill(&self, u: f64, tol: f64) -> bool {
+        self.pair_backward * u > tol / 10.0
+    }
+
+    /// Whether some feature's batch values coincide to within what unit
+    /// roundoff `u` resolves, relative to a tenth of `tol`.
+    pub fn coinciding(&self, u: f64, tol: f64) -> bool {
+        self.centring * u > tol / 10.0
+    }
+}
+
+/// See [`Conditioning`].
+pub fn conditioning(model: &Model, x: &Array2<f64>, mode: Mode) -> Conditioning {
+    let mut c = Conditioning {
+        batchnorm: 0.0,
+        centring: 0.0,
+        pair_backward: 0.0,
+    };
+    if mode == Mode::Eval {
+        return c;
+    }
+    let forward = Mlp::<f64>::from_state_dict(model.config, &model.state)
+        .ok()
+        .and_then(|mlp| mlp.forward(x.view(), mode).ok().map(|fwd| (mlp, fwd)));
+    let Some((mlp, fwd)) = forward else {
+        return Conditioning {
+            batchnorm: f64::INFINITY,
+            centring: f64::INFINITY,
+            pair_backward: f64::INFINITY,
+        };
+    };
+    let eps = model.config.bn_eps;
+    for (l, layer) in mlp.backbone.iter().enumerate() {
+        let h = linear_forward(
+            fwd.acts[l].view(),
+            layer.linear.weight.view(),
+            layer.linear.bias.view(),
+        );
+        for (column, &inv_std) in h.columns().into_iter().zip(&fwd.bn[l].inv_std) {
+            let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let mean = column.mean().unwrap_or(0.0);
+            let var =
+                column.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / column.len() as f64;
+            let centring = if peak == 0.0 { 0.0 } else { peak / var.sqrt() };
+            c.batchnorm = crate::metrics::nan_max(c.batchnorm, peak * inv_std);
+            c.centring = crate::metrics::nan_max(c.centring, centring);
+            if x.nrows() == 2 {
+                let pair = 1.0 / (inv_std * inv_std * eps);
+                c.pair_backward = crate::metrics::nan_max(c.pair_backward, pair);
+            }
+        }
+    }
+    c
 }
 
 /// The relative condition number of BatchNorm's centring for `x` in a
@@ -99,32 +154,14 @@ fn pre_batchnorm(
 /// feature whose batch values nearly coincide (common at `N = 2`, where
 /// BatchNorm maps every feature to `±1` and the next layer's features can
 /// differ by almost nothing) makes `f32`'s `6e-8` rounding an error of
-/// `6e-8 · cond`. `0` in evaluation mode (running statistics, no centring
-/// by the batch).
+/// `6e-8 · cond`. `0` in evaluation mode.
 pub fn batchnorm_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
-    if mode == Mode::Eval {
-        return 0.0;
-    }
-    let Some(layers) = pre_batchnorm(model, x, mode) else {
-        return f64::INFINITY;
-    };
-    let mut cond = 0.0f64;
-    for (h, inv_std) in &layers {
-        for (column, inv_std) in h.columns().into_iter().zip(inv_std) {
-            let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            cond = crate::metrics::nan_max(cond, peak * inv_std);
-        }
-    }
-    cond
+    conditioning(model, x, mode).batchnorm
 }
 
-/// Whether `f32` rounding of BatchNorm's centring may cost more than a
-/// hundredth of SPEC 8's `1e-4` for `x`: [`batchnorm_condition`] times
-/// `f32`'s unit roundoff above `1e-6`. (A hundredth, not a tenth: the
-/// backward pass meets the condition number again — `x̂` enters `dx`
-/// twice — and optimizer state squares gradients.)
+/// [`Conditioning::f32_ill`] for `x` in `mode`.
 pub fn f32_ill_conditioned(model: &Model, x: &Array2<f64>, mode: Mode) -> bool {
-    batchnorm_condition(model, x, mode) * (f32::EPSILON as f64 / 2.0) > 1e-6
+    conditioning(model, x, mode).f32_ill()
 }
 
 /// The relative condition number of BatchNorm's training-mode backward at
@@ -136,23 +173,10 @@ pub fn f32_ill_conditioned(model: &Model, x: &Array2<f64>, mode: Mode) -> bool {
 /// projects out two directions of `N ≥ 3` and stays well-conditioned) and in
 /// evaluation mode.
 pub fn pair_backward_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
-    if mode == Mode::Eval || x.nrows() != 2 {
-        return 0.0;
-    }
-    let Some(layers) = pre_batchnorm(model, x, mode) else {
-        return f64::INFINITY;
-    };
-    let eps = model.config.bn_eps;
-    let mut cond = 0.0f64;
-    for inv_std in layers.iter().flat_map(|(_, inv_std)| inv_std) {
-        cond = crate::metrics::nan_max(cond, 1.0 / (inv_std * inv_std * eps));
-    }
-    cond
+    conditioning(model, x, mode).pair_backward
 }
 
-/// Whether, at `N = 2`, rounding in `precision` may cost BatchNorm's
-/// backward more than a tenth of `tol`: [`pair_backward_condition`] times
-/// the unit roundoff above `tol / 10`.
+/// [`Conditioning::pair_ill`] for `x` in `mode`.
 pub fn pair_ill_conditioned(
     model: &Model,
     x: &Array2<f64>,
@@ -160,7 +184,7 @@ pub fn pair_ill_conditioned(
     unit_roundoff: f64,
     tol: f64,
 ) -> bool {
-    pair_backward_condition(model, x, mode) * unit_roundoff > tol / 10.0
+    conditioning(model, x, mode).pair_ill(unit_roundoff, tol)
 }
 
 /// The relative condition number of BatchNorm's centring without the
@@ -174,22 +198,5 @@ pub fn pair_ill_conditioned(
 /// scale (seen: a clamped adversarial view whose rows all became `[1, 1]`,
 /// giving `dγ` of the adv branch from rounding alone). `0` in evaluation mode.
 pub fn centring_condition(model: &Model, x: &Array2<f64>, mode: Mode) -> f64 {
-    if mode == Mode::Eval {
-        return 0.0;
-    }
-    let Some(layers) = pre_batchnorm(model, x, mode) else {
-        return f64::INFINITY;
-    };
-    let mut cond = 0.0f64;
-    for (h, _) in &layers {
-        for column in h.columns() {
-            let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let mean = column.mean().unwrap_or(0.0);
-            let var =
-                column.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / column.len() as f64;
-            let c = if peak == 0.0 { 0.0 } else { peak / var.sqrt() };
-            cond = crate::metrics::nan_max(cond, c);
-        }
-    }
-    cond
+    conditioning(model, x, mode).centring
 }

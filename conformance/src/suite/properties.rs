@@ -74,7 +74,8 @@ impl Pair {
     /// cancellation residue too ill-conditioned for the pair's precision
     /// (any pair); some feature's batch values coincide to within what
     /// the pair's rounding resolves, so `x̂` is rounding noise relative to
-    /// itself ([`super::kinks::centring_condition`], any pair); for a pair involving `f32`, a ReLU may cross its kink
+    /// itself ([`super::kinks::centring_condition`], any pair); for a pair
+    /// involving `f32`, a ReLU may cross its kink
     /// between precisions, or BatchNorm's centring is so ill-conditioned that
     /// `f32` cannot reach SPEC 8's `1e-4`. Such a case's gradients are not
     /// compared, and the skip is recorded (see [`super::kinks`]).
@@ -88,10 +89,12 @@ impl Pair {
             Precision::F32 => f32::EPSILON as f64 / 2.0,
             Precision::F64 => f64::EPSILON / 2.0,
         };
-        let pair_of_rows = inputs.iter().any(|(x, mode)| {
-            super::kinks::pair_ill_conditioned(model, x, *mode, u, self.tol.one_step)
-        });
-        if pair_of_rows {
+        let tol = self.tol.one_step;
+        let conditions: Vec<_> = inputs
+            .iter()
+            .map(|(x, mode)| super::kinks::conditioning(model, x, *mode))
+            .collect();
+        if conditions.iter().any(|c| c.pair_ill(u, tol)) {
             record(
                 &self.label(),
                 &format!("skipped: BatchNorm backward at N = 2 ill-conditioned ({what})"),
@@ -99,10 +102,7 @@ impl Pair {
             );
             return true;
         }
-        let coinciding = inputs.iter().any(|(x, mode)| {
-            super::kinks::centring_condition(model, x, *mode) * u > self.tol.one_step / 10.0
-        });
-        if coinciding {
+        if conditions.iter().any(|c| c.coinciding(u, tol)) {
             record(
                 &self.label(),
                 &format!(
@@ -118,9 +118,7 @@ impl Pair {
         let kink = inputs
             .iter()
             .any(|(x, mode)| super::kinks::f32_relu_flip_risk(model, x, *mode));
-        let ill = inputs
-            .iter()
-            .any(|(x, mode)| super::kinks::f32_ill_conditioned(model, x, *mode));
+        let ill = conditions.iter().any(|c| c.f32_ill());
         if kink {
             record(
                 &self.label(),
@@ -449,6 +447,18 @@ fn pre_bn_bias(name: &str) -> bool {
     name.starts_with("backbone.") && name.ends_with(".linear.bias")
 }
 
+/// `sd` without the entries whose name `drop` selects.
+fn without(sd: &StateDict<f64>, drop: fn(&str) -> bool) -> StateDict<f64> {
+    StateDict {
+        entries: sd
+            .entries
+            .iter()
+            .filter(|e| !drop(&e.name))
+            .cloned()
+            .collect(),
+    }
+}
+
 /// Whether `name` (a parameter, or optimizer state named after one) belongs
 /// to a Linear layer feeding a BatchNorm.
 fn pre_bn_linear(name: &str) -> bool {
@@ -463,14 +473,7 @@ fn pre_bn_linear(name: &str) -> bool {
 /// best, and Adam turns that into differences of its updates that grow with
 /// every step (seen: `1.6e-8` after 20 `f64` steps on large inputs).
 fn without_pre_bn_linear(sd: &StateDict<f64>) -> StateDict<f64> {
-    StateDict {
-        entries: sd
-            .entries
-            .iter()
-            .filter(|e| !pre_bn_linear(&e.name))
-            .cloned()
-            .collect(),
-    }
+    without(sd, pre_bn_linear)
 }
 
 /// The parameters minus the pre-BatchNorm biases. Adam divides their
@@ -479,14 +482,7 @@ fn without_pre_bn_linear(sd: &StateDict<f64>) -> StateDict<f64> {
 /// in `f32`) they move by `±lr` at random; their SGD updates (noise times
 /// `lr`) are compared.
 fn without_pre_bn_biases(sd: &StateDict<f64>) -> StateDict<f64> {
-    StateDict {
-        entries: sd
-            .entries
-            .iter()
-            .filter(|e| !pre_bn_bias(&e.name))
-            .cloned()
-            .collect(),
-    }
+    without(sd, pre_bn_bias)
 }
 
 /// The entries of a matrix, row-major.

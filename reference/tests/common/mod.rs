@@ -350,3 +350,22 @@ pub fn grad_set_err(a: &[Option<ndarray::ArrayD<f64>>], b: &[Option<ndarray::Arr
     }
     worst
 }
+
+/// The scalar whose input gradient is `g` and which FGSM ascends (SPEC 4):
+/// `L(W, f_adv(X))` with `W = f_adv(P)` held constant; for UEL also the
+/// right factors frozen at `right` (SPEC 3.3).
+pub fn adv_scalar(
+    mlp: &Mlp<f64>,
+    w: &Array2<f64>,
+    x: &Array2<f64>,
+    right: &Array2<f64>,
+    kind: clae_reference::loss::LossKind,
+    tau: f64,
+) -> f64 {
+    use clae_reference::loss::{loss_value, LossKind};
+    let z = mlp.forward(x.view(), Mode::Train(Branch::Adv)).unwrap().z;
+    match kind {
+        LossKind::Uel => naive_uel_frozen(stack(w.view(), z.view()).view(), right.view(), tau),
+        _ => loss_value(kind, w.view(), z.view(), tau).unwrap(),
+    }
+}
