@@ -1,5 +1,5 @@
-//! The adversarial view of SPEC 4 (FGSM over the whole batch, and PGD) and
-//! the two recipes of SPEC 6 that compute it.
+//! The adversarial view of docs/SPEC.md §4 (FGSM over the whole batch, and PGD) and
+//! the two recipes of docs/SPEC.md §6 that compute it.
 //!
 //! ```text
 //! W     = sg( f_adv(P) )                      anchors through the adv BN branch
@@ -24,11 +24,10 @@
 //! The vocabulary ([`AdvConfig`], [`Attack`], [`QStart`], [`Recipe`]) is the
 //! reference's.
 
-use crate::check;
-use crate::encoder::{gradients_of, Branch, Encoder, FrozenParameters, Mode};
+use crate::check::{self, for_precision, Health};
+use crate::encoder::{gradients_of, Branch, BufferSnapshot, Encoder, FrozenParameters, Mode};
 use crate::error::{Error, Result};
-use crate::loss::{loss_unchecked, LossKind};
-use clae_reference::Real;
+use crate::loss::{checked_loss, LossKind};
 use tch::Tensor;
 
 pub use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};
@@ -42,7 +41,9 @@ pub struct AdvView {
     pub grads: Vec<Tensor>,
 }
 
-/// The hyper-parameters of an [`AdvConfig`] in `f64`.
+/// The hyper-parameters of an [`AdvConfig`], checked in the encoder's
+/// precision by the reference's rules (libtorch rounds the `f64` scalars to
+/// the tensors' type exactly as the reference's `F::c` does).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Adv {
     pub(crate) eps: f64,
@@ -53,17 +54,17 @@ pub(crate) struct Adv {
 }
 
 impl Adv {
-    /// Validates `cfg` with the reference's own rules, then widens it.
-    pub(crate) fn new<F: Real>(cfg: &AdvConfig<F>) -> Result<Self> {
-        cfg.validate()?;
+    /// Validates `cfg` with the reference's own rules in `precision`.
+    pub(crate) fn new(cfg: &AdvConfig, precision: crate::device::Precision) -> Result<Self> {
+        for_precision!(precision, F => cfg.validate_for::<F>())?;
         Ok(Adv {
-            eps: cfg.eps.as_f64(),
+            eps: cfg.eps,
             start: cfg.start,
             pgd: match cfg.attack {
                 Attack::Fgsm => None,
-                Attack::Pgd { steps, eta } => Some((steps, eta.as_f64())),
+                Attack::Pgd { steps, eta } => Some((steps, eta)),
             },
-            clamp: cfg.clamp.map(|(lo, hi)| (lo.as_f64(), hi.as_f64())),
+            clamp: cfg.clamp,
         })
     }
 
@@ -74,19 +75,20 @@ impl Adv {
 
 /// Places both views on the encoder's device and precision and validates
 /// encoder, `tau`, config and views (the reference's order).
-pub(crate) fn prepare<E: Encoder + ?Sized, F: Real>(
+pub(crate) fn prepare<E: Encoder + ?Sized>(
     enc: &E,
     p: &Tensor,
     q: &Tensor,
     tau: f64,
-    cfg: &AdvConfig<F>,
+    cfg: &AdvConfig,
 ) -> Result<(Tensor, Tensor, Adv)> {
     enc.validate()?;
-    check::tau(tau)?;
-    let adv = Adv::new(cfg)?;
+    check::tau(enc.precision(), tau)?;
+    let adv = Adv::new(cfg, enc.precision())?;
     let p = crate::convert::placed(p, enc.device(), enc.precision())?;
     let q = crate::convert::placed(q, enc.device(), enc.precision())?;
     check::pair(("P", &p), ("Q", &q), Some(&enc.input_shape()))?;
+    enc.check_activations("P", &p)?;
     Ok((p, q, adv))
 }
 
@@ -123,7 +125,7 @@ fn apply_clamp(x: Tensor, adv: &Adv) -> Result<Tensor> {
     }
 }
 
-/// The input gradient `g = d/dX L(sg(f_adv(P)), f_adv(X))` of SPEC 4, both
+/// The input gradient `g = d/dX L(sg(f_adv(P)), f_adv(X))` of docs/SPEC.md §4, both
 /// forwards in training mode through the adv branch, no side effects.
 /// `p, x`: `N x …` (the encoder's image shape) → `g` of the same shape.
 ///
@@ -142,18 +144,25 @@ pub fn input_gradient<E: Encoder + ?Sized>(
     loss: LossKind,
     tau: f64,
 ) -> Result<Tensor> {
-    let (p, x, _) = prepare(enc, p, x, tau, &AdvConfig::fgsm(0.0f64))?;
+    let (p, x, _) = prepare(enc, p, x, tau, &AdvConfig::fgsm(0.0))?;
     let mode = Mode::Train(Branch::Adv);
     let _frozen = FrozenParameters::new(enc)?;
-    tch::with_grad(|| {
-        let w = tch::no_grad(|| enc.forward_unchecked(&p, mode, false))?;
+    let mut health = Health::new(enc.precision());
+    let g = tch::with_grad(|| {
+        health.blame("P (adversarial branch)");
+        let w = tch::no_grad(|| enc.forward_unchecked(&p, mode, false, &mut health))?;
         let x = leaf(&x)?;
-        let z = enc.forward_unchecked(&x, mode, false)?;
-        one_gradient(&loss_unchecked(loss, &w, &z, tau)?, &x)
-    })
+        health.blame("X");
+        let z = enc.forward_unchecked(&x, mode, false, &mut health)?;
+        one_gradient(&checked_loss(loss, &w, &z, tau, &mut health)?, &x)
+    })?;
+    health.blame("P, X and tau");
+    health.push_finite("the input gradient g", &g)?;
+    health.check()?;
+    Ok(g)
 }
 
-/// The adversarial view by the **lean** recipe (SPEC 4 and 6), with no side
+/// The adversarial view by the **lean** recipe (docs/SPEC.md §4 and 6), with no side
 /// effects: parameters frozen, one adv-mode forward per step (plus one for
 /// the anchors when `Q_start = Q`), input-only backward.
 ///
@@ -168,18 +177,23 @@ pub fn input_gradient<E: Encoder + ?Sized>(
 /// let off = (&moved - 0.03).abs().minimum(&moved).max().double_value(&[]);
 /// assert!(off < 1e-15);
 /// ```
-pub fn adversarial_view<E: Encoder + ?Sized, F: Real>(
+pub fn adversarial_view<E: Encoder + ?Sized>(
     enc: &E,
     p: &Tensor,
     q: &Tensor,
     loss: LossKind,
     tau: f64,
-    cfg: &AdvConfig<F>,
+    cfg: &AdvConfig,
 ) -> Result<AdvView> {
     let (p, q, adv) = prepare(enc, p, q, tau, cfg)?;
-    lean_view_unchecked(enc, &p, &q, loss, tau, &adv)
+    let mut health = Health::new(enc.precision());
+    let view = lean_view_unchecked(enc, &p, &q, loss, tau, &adv, &mut health)?;
+    health.check()?;
+    Ok(view)
 }
 
+/// The lean view on checked input; its representability flags go into
+/// `health` (the caller checks them).
 pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
     enc: &E,
     p: &Tensor,
@@ -187,6 +201,7 @@ pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
     loss: LossKind,
     tau: f64,
     adv: &Adv,
+    health: &mut Health,
 ) -> Result<AdvView> {
     let start = match adv.start {
         QStart::P => p,
@@ -196,15 +211,21 @@ pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
     let _frozen = FrozenParameters::new(enc)?;
     tch::with_grad(|| {
         // Anchors: with Q_start = P they come out of the first step's forward.
+        health.blame("P (adversarial branch)");
         let mut w = match adv.start {
             QStart::P => None,
-            QStart::Q => Some(tch::no_grad(|| enc.forward_unchecked(p, mode, false))?),
+            QStart::Q => Some(tch::no_grad(|| {
+                enc.forward_unchecked(p, mode, false, health)
+            })?),
         };
         let mut x = start.shallow_clone();
         let mut grads = Vec::with_capacity(adv.steps());
-        for _ in 0..adv.steps() {
+        for step in 0..adv.steps() {
+            if step > 0 || adv.start == QStart::Q {
+                health.blame("the adversarial view");
+            }
             let x_leaf = leaf(&x)?;
-            let z = enc.forward_unchecked(&x_leaf, mode, false)?;
+            let z = enc.forward_unchecked(&x_leaf, mode, false, health)?;
             let anchors = match &w {
                 Some(w) => w.shallow_clone(),
                 None => {
@@ -213,18 +234,26 @@ pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
                     detached
                 }
             };
-            let g = one_gradient(&loss_unchecked(loss, &anchors, &z, tau)?, &x_leaf)?;
+            health.blame("the adversarial pass's embeddings and tau");
+            let g = one_gradient(&checked_loss(loss, &anchors, &z, tau, health)?, &x_leaf)?;
+            health.blame("the adversarial pass (P, Q_start and tau)");
+            health.push_finite("the input gradient g", &g)?;
             x = sign_step(&x, &g, start, adv)?;
             grads.push(g);
         }
-        Ok(AdvView {
-            q_adv: apply_clamp(x, adv)?,
-            grads,
-        })
+        finish(x, grads, adv, health)
     })
 }
 
-/// The adversarial view by the **authors'** recipe (SPEC 6): per step,
+/// Clamp, and the flag that `Q_adv` is representable.
+fn finish(x: Tensor, grads: Vec<Tensor>, adv: &Adv, health: &mut Health) -> Result<AdvView> {
+    let q_adv = apply_clamp(x, adv)?;
+    health.blame("Q_start and eps");
+    health.push_finite("Q_adv = Q_start + eps sign(g)", &q_adv)?;
+    Ok(AdvView { q_adv, grads })
+}
+
+/// The adversarial view by the **authors'** recipe (docs/SPEC.md §6): per step,
 /// training-mode adv forwards of `P` and of a fresh leaf `X`, each updating
 /// the adv BatchNorm running statistics (as `model(x, adv=True)` does), and
 /// one backward of `L(f_adv(P), f_adv(X))` that also computes every
@@ -245,18 +274,28 @@ pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
 /// let rm = mlp.state_dict::<f64>().unwrap();
 /// assert!(rm.get("backbone.0.bn.adv.running_mean").unwrap().iter().any(|&v| v != 0.0));
 /// ```
-pub fn adversarial_view_authors<E: Encoder + ?Sized, F: Real>(
+pub fn adversarial_view_authors<E: Encoder + ?Sized>(
     enc: &mut E,
     p: &Tensor,
     q: &Tensor,
     loss: LossKind,
     tau: f64,
-    cfg: &AdvConfig<F>,
+    cfg: &AdvConfig,
 ) -> Result<AdvView> {
     let (p, q, adv) = prepare(enc, p, q, tau, cfg)?;
-    authors_view_unchecked(enc, &p, &q, loss, tau, &adv)
+    let saved = BufferSnapshot::take(enc)?;
+    let mut health = Health::new(enc.precision());
+    let view = authors_view_unchecked(enc, &p, &q, loss, tau, &adv, &mut health).and_then(|v| {
+        saved.push_running_flag(enc, &mut health)?;
+        health.check()?;
+        Ok(v)
+    });
+    saved.restore_on_error(enc, view)
 }
 
+/// The authors' view on checked input; updates the adv running statistics
+/// in place and pushes its flags into `health` (the caller checks them and
+/// restores the statistics if they fail).
 pub(crate) fn authors_view_unchecked<E: Encoder + ?Sized>(
     enc: &mut E,
     p: &Tensor,
@@ -264,6 +303,7 @@ pub(crate) fn authors_view_unchecked<E: Encoder + ?Sized>(
     loss: LossKind,
     tau: f64,
     adv: &Adv,
+    health: &mut Health,
 ) -> Result<AdvView> {
     let start = match adv.start {
         QStart::P => p,
@@ -275,10 +315,13 @@ pub(crate) fn authors_view_unchecked<E: Encoder + ?Sized>(
         let mut x = start.shallow_clone();
         let mut grads = Vec::with_capacity(adv.steps());
         for _ in 0..adv.steps() {
-            let z_p = enc.forward_unchecked(p, mode, true)?;
+            health.blame("P (adversarial branch)");
+            let z_p = enc.forward_unchecked(p, mode, true, health)?;
             let x_leaf = leaf(&x)?;
-            let z_x = enc.forward_unchecked(&x_leaf, mode, true)?;
-            let l = loss_unchecked(loss, &z_p, &z_x, tau)?;
+            health.blame("the adversarial view");
+            let z_x = enc.forward_unchecked(&x_leaf, mode, true, health)?;
+            health.blame("the adversarial pass's embeddings and tau");
+            let l = checked_loss(loss, &z_p, &z_x, tau, health)?;
             // The full backward: the input and every parameter.
             let mut inputs: Vec<&Tensor> = vec![&x_leaf];
             inputs.extend(params.iter().filter(|t| t.requires_grad()));
@@ -289,12 +332,11 @@ pub(crate) fn authors_view_unchecked<E: Encoder + ?Sized>(
                 .flatten()
                 .ok_or_else(|| Error::Torch("the loss does not depend on the input".into()))?;
             drop(all); // the parameter gradients are discarded
+            health.blame("the adversarial pass (P, Q_start and tau)");
+            health.push_finite("the input gradient g", &g)?;
             x = sign_step(&x, &g, start, adv)?;
             grads.push(g);
         }
-        Ok(AdvView {
-            q_adv: apply_clamp(x, adv)?,
-            grads,
-        })
+        finish(x, grads, adv, health)
     })
 }

@@ -1,16 +1,139 @@
-//! Input validation on tensors (SPEC 7), delegating every rule that the
-//! reference states to the reference's own validators
+//! Input validation on tensors (docs/SPEC.md §7), delegating every rule that
+//! the reference states to the reference's own validators
 //! ([`clae_reference::check`]), so both backends report the same error for
-//! the same input.
+//! the same input; and the [`Health`] of a computation — the checks that
+//! its results are representable, read with one device synchronisation.
 //!
 //! Shape rules are checked by handing the reference validator a zero-cost
 //! stand-in with the tensor's shape (a broadcast view of a single `0.0`),
-//! finiteness by reductions on the tensor's own device.
+//! finiteness by reductions on the tensor's own device. Hyper-parameters
+//! are checked in the encoder's element type with the reference's
+//! [`clae_reference::check::hyper`] ([`for_precision!`]).
 
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use clae_reference::{check, ClaeError};
 use ndarray::Array2;
 use tch::{Kind, Tensor};
+
+/// Runs `$body` with the type alias `$t` set to `f32` or `f64` as the
+/// precision `$p` says: how a reference validator generic over the element
+/// type is applied to a tensor computation whose type is known at run time.
+macro_rules! for_precision {
+    ($p:expr, $t:ident => $body:expr) => {
+        match $p {
+            $crate::device::Precision::F32 => {
+                #[allow(dead_code)]
+                type $t = f32;
+                $body
+            }
+            $crate::device::Precision::F64 => {
+                #[allow(dead_code)]
+                type $t = f64;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use for_precision;
+
+/// What a computation found about the representability of its own results:
+/// one flag per check, each a 0-d tensor on the computation's device that is
+/// finite when the check passed. [`Health::check`] reads them all with one
+/// synchronisation; the first that failed becomes a
+/// [`ClaeError::Overflow`] naming its cause and quantity.
+///
+/// The flags cost a reduction each and no synchronisation until the end, so
+/// a training step pays for one transfer of a few numbers.
+#[derive(Debug)]
+pub struct Health {
+    precision: Precision,
+    cause: String,
+    flags: Vec<(String, String, Tensor)>,
+}
+
+impl Health {
+    /// No flags yet; overflow errors will say `precision`.
+    pub(crate) fn new(precision: Precision) -> Self {
+        Health {
+            precision,
+            cause: String::new(),
+            flags: Vec::new(),
+        }
+    }
+
+    /// The input the flags pushed from now on are blamed on (`P`, `Q`, ...).
+    pub(crate) fn blame(&mut self, cause: &str) {
+        self.cause = cause.to_string();
+    }
+
+    /// A flag that is finite exactly when `quantity` is representable.
+    pub(crate) fn push(&mut self, quantity: impl Into<String>, flag: Tensor) {
+        self.flags.push((self.cause.clone(), quantity.into(), flag));
+    }
+
+    /// A flag for "every entry of `t` is finite": `max |t|` (NaN and inf
+    /// propagate through it).
+    pub(crate) fn push_finite(&mut self, quantity: impl Into<String>, t: &Tensor) -> Result<()> {
+        let flag = if t.numel() == 0 {
+            Tensor::f_zeros([], (Kind::Double, t.device()))?
+        } else {
+            t.f_detach()?.f_abs()?.f_max()?.f_to_kind(Kind::Double)?
+        };
+        self.push(quantity, flag);
+        Ok(())
+    }
+
+    /// Reads every flag (one synchronisation) and fails at the first that is
+    /// not finite.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.flags.is_empty() {
+            return Ok(());
+        }
+        let flags: Vec<Tensor> = self
+            .flags
+            .iter()
+            .map(|(_, _, f)| f.f_to_kind(Kind::Double))
+            .collect::<std::result::Result<_, _>>()?;
+        let values =
+            Vec::<f64>::try_from(&Tensor::f_stack(&flags, 0)?.f_to_device(tch::Device::Cpu)?)?;
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => {
+                let (cause, quantity, _) = &self.flags[i];
+                Err(ClaeError::Overflow {
+                    cause: cause.clone(),
+                    quantity: quantity.clone(),
+                    precision: self.precision.name().to_string(),
+                }
+                .into())
+            }
+        }
+    }
+}
+
+/// `max |t|` of every tensor, read with one synchronisation (NaN or inf for
+/// a tensor with a non-finite entry; 0 for an empty one). The exact
+/// magnitudes the optimizer's overflow guard reads
+/// ([`clae_reference::optim::OptimizerConfig::update_bound`]).
+pub(crate) fn magnitudes(ts: &[&Tensor]) -> Result<Vec<f64>> {
+    if ts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let maxima = ts
+        .iter()
+        .map(|t| -> Result<Tensor> {
+            let t = t.f_detach()?;
+            if t.numel() == 0 {
+                return Ok(Tensor::f_zeros([], (Kind::Double, t.device()))?);
+            }
+            Ok(t.f_abs()?.f_max()?.f_to_kind(Kind::Double)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Vec::<f64>::try_from(
+        &Tensor::f_stack(&maxima, 0)?.f_to_device(tch::Device::Cpu)?,
+    )?)
+}
 
 /// `"2 x 3 x 32 x 32"`.
 pub(crate) fn shape_string(dims: &[i64]) -> String {
@@ -142,7 +265,7 @@ pub(crate) fn pair(
     batch(name_b, b, per_image)
 }
 
-/// `tau` finite and `> 0` ([`check::tau`]).
-pub(crate) fn tau(tau: f64) -> Result<()> {
-    check::tau(tau).map_err(Error::from)
+/// `tau` finite and `> 0` in the element type ([`check::tau`]).
+pub(crate) fn tau(precision: Precision, tau: f64) -> Result<()> {
+    for_precision!(precision, F => check::tau::<F>(tau).map(|_| ())).map_err(Error::from)
 }

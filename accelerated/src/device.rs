@@ -69,6 +69,23 @@ impl Precision {
         F::PRECISION
     }
 
+    /// The precision of a libtorch element kind, if it is one of the two
+    /// (`Float`, `Double`); other kinds (half, bf16, integers) are not a
+    /// precision this crate computes in.
+    ///
+    /// ```
+    /// use clae_accelerated::device::Precision;
+    /// assert_eq!(Precision::of_kind(tch::Kind::Float), Some(Precision::F32));
+    /// assert_eq!(Precision::of_kind(tch::Kind::Half), None);
+    /// ```
+    pub fn of_kind(kind: Kind) -> Option<Self> {
+        match kind {
+            Kind::Float => Some(Precision::F32),
+            Kind::Double => Some(Precision::F64),
+            _ => None,
+        }
+    }
+
     /// `"f32"` or `"f64"`.
     pub fn name(self) -> &'static str {
         match self {
@@ -286,7 +303,7 @@ fn global_context() -> Result<*mut c_void> {
 /// Allows or forbids TF32 in CUDA matrix multiplications (cuBLAS) and
 /// convolutions (cuDNN) — `torch.backends.cuda.matmul.allow_tf32` and
 /// `torch.backends.cudnn.allow_tf32` together. Conformance runs forbid it
-/// (SPEC 8: CUDA vs f64 reference within `1e-4`). libtorch's defaults are
+/// (docs/SPEC.md §8: CUDA vs f64 reference within `1e-4`). libtorch's defaults are
 /// cuBLAS off, cuDNN on. A global switch: it affects every thread.
 ///
 /// Works without a GPU (it only sets flags), so it can be checked anywhere:
@@ -343,7 +360,7 @@ pub fn cuda_autocast_dtype_is_bf16() -> Result<bool> {
 /// Runs `f` under CUDA autocast with bf16 (`torch.autocast("cuda",
 /// dtype=torch.bfloat16)`): matrix products and convolutions in bf16,
 /// BatchNorm, reductions and the losses in f32. **For benchmarks only** —
-/// the numbers are not expected to meet any SPEC 8 tolerance. The previous
+/// the numbers are not expected to meet any docs/SPEC.md §8 tolerance. The previous
 /// autocast dtype is restored afterwards.
 ///
 /// Errors with [`Error::Device`] when no CUDA device is available.

@@ -4,7 +4,7 @@
 //! the ordered list of named tensors ([`NamedTensors`]) that both keep,
 //! PyTorch `state_dict` style.
 
-use crate::check;
+use crate::check::{self, Health};
 use crate::convert::{array_from_tensor, tensor_from_array};
 use crate::device::{Precision, TchReal};
 use crate::error::{Error, Result};
@@ -84,7 +84,7 @@ impl NamedTensors {
     }
 }
 
-/// A dual-BN encoder `f` (SPEC 2), ending in the L2-normalised embedding.
+/// A dual-BN encoder `f` (docs/SPEC.md §2), ending in the L2-normalised embedding.
 ///
 /// Implementors provide the tensors, the per-image input shape and the
 /// unchecked forward pass; everything else — validation, state-dict export
@@ -112,8 +112,23 @@ pub trait Encoder {
     /// `z = f(x)`, `N x d`, on input the caller validated, in `mode`. In
     /// training mode `track` folds the batch statistics into the running
     /// statistics of the branch (what `model(x)` does in PyTorch); without it
-    /// nothing is updated. Ignored in evaluation mode.
-    fn forward_unchecked(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor>;
+    /// nothing is updated. Ignored in evaluation mode. Every BatchNorm and the
+    /// output normalisation push their representability flags into
+    /// `health`; the caller checks them (and, if they fail, undoes what
+    /// `track` changed).
+    fn forward_unchecked(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        track: bool,
+        health: &mut Health,
+    ) -> Result<Tensor>;
+
+    /// The number of activations one image produces in the widest layer
+    /// (`max(h, d)` for the MLP, `w · H · W` for the ResNet's first stage):
+    /// a batch whose activations cannot be addressed is rejected before the
+    /// pass.
+    fn activations_per_image(&self) -> usize;
 
     /// Device of the encoder's tensors.
     fn device(&self) -> Device {
@@ -125,12 +140,36 @@ pub trait Encoder {
         self.tensors().precision()
     }
 
-    /// Every parameter and buffer is finite (SPEC 7).
+    /// Every parameter and buffer is finite (docs/SPEC.md §7).
     fn validate(&self) -> Result<()> {
         let named: Vec<(&str, &Tensor)> = self
             .tensors()
             .entries()
             .iter()
+            .map(|e| (e.name.as_str(), &e.tensor))
+            .collect();
+        check::all_finite(&named)
+    }
+
+    /// The activations of a pass over the batch `x` can be addressed
+    /// ([`clae_reference::check::elements`]).
+    fn check_activations(&self, what: &str, x: &Tensor) -> Result<()> {
+        if let Some(&n) = x.size().first() {
+            clae_reference::check::elements(
+                &format!("activations of {what}"),
+                &[n.max(0) as usize, self.activations_per_image()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every buffer (the BatchNorm running statistics) is finite.
+    fn validate_buffers(&self) -> Result<()> {
+        let named: Vec<(&str, &Tensor)> = self
+            .tensors()
+            .entries()
+            .iter()
+            .filter(|e| e.role == Role::Buffer)
             .map(|e| (e.name.as_str(), &e.tensor))
             .collect();
         check::all_finite(&named)
@@ -142,6 +181,7 @@ pub trait Encoder {
     fn prepare_input(&self, what: &str, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = crate::convert::placed(x, self.device(), self.precision())?;
         let shape = self.input_shape();
+        self.check_activations(what, &x)?;
         match mode {
             Mode::Train(_) => check::batch(what, &x, Some(&shape))?,
             Mode::Eval => {
@@ -163,19 +203,38 @@ pub trait Encoder {
     /// Validated forward pass with no side effects (training mode uses batch
     /// statistics but does not update running statistics). The result is
     /// part of the autograd graph of the parameters.
+    ///
+    /// Errors: the encoder's and the input's (docs/SPEC.md §7), and
+    /// [`ClaeError::Overflow`] when finite input is too large for the
+    /// precision (a batch statistic or the embedding overflowed).
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.validate()?;
         let x = self.prepare_input("encoder input", x, mode)?;
-        self.forward_unchecked(&x, mode, false)
+        let mut health = Health::new(self.precision());
+        health.blame("encoder input");
+        let z = self.forward_unchecked(&x, mode, false, &mut health)?;
+        health.check()?;
+        Ok(z)
     }
 
     /// Validated training-mode forward that also updates the branch's
-    /// running statistics (PyTorch's `model.train(); model(x)`).
+    /// running statistics (PyTorch's `model.train(); model(x)`). On an error
+    /// the running statistics are as they were.
     fn forward_train(&mut self, x: &Tensor, branch: Branch) -> Result<Tensor> {
         self.validate()?;
         let mode = Mode::Train(branch);
         let x = self.prepare_input("encoder input", x, mode)?;
-        self.forward_unchecked(&x, mode, true)
+        let saved = BufferSnapshot::take(self)?;
+        let mut health = Health::new(self.precision());
+        health.blame("encoder input");
+        let z = self
+            .forward_unchecked(&x, mode, true, &mut health)
+            .and_then(|z| {
+                saved.push_running_flag(self, &mut health)?;
+                health.check()?;
+                Ok(z)
+            });
+        saved.restore_on_error(self, z)
     }
 
     /// Embeddings in evaluation mode (clean running statistics), without
@@ -375,5 +434,77 @@ impl Drop for FrozenParameters {
             let restored = p.f_set_requires_grad(*was);
             debug_assert!(restored.is_ok(), "restoring requires_grad failed");
         }
+    }
+}
+
+/// A copy of every buffer of an encoder (the BatchNorm running statistics:
+/// small), taken before a computation that updates them in place, so that a
+/// failed computation can put them back bit for bit.
+pub(crate) struct BufferSnapshot {
+    copies: Vec<Tensor>,
+}
+
+impl BufferSnapshot {
+    pub(crate) fn take<E: Encoder + ?Sized>(enc: &E) -> Result<Self> {
+        let copies = tch::no_grad(|| {
+            enc.tensors()
+                .entries()
+                .iter()
+                .filter(|e| e.role == Role::Buffer)
+                .map(|e| e.tensor.f_detach_copy())
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })?;
+        Ok(BufferSnapshot { copies })
+    }
+
+    /// `health` gets the flag "every running statistic is finite" (an update
+    /// `(1 − m) r + m σ²` can overflow even when `σ²` did not).
+    pub(crate) fn push_running_flag<E: Encoder + ?Sized>(
+        &self,
+        enc: &E,
+        health: &mut Health,
+    ) -> Result<()> {
+        let buffers: Vec<Tensor> = enc
+            .tensors()
+            .entries()
+            .iter()
+            .filter(|e| e.role == Role::Buffer)
+            .map(|e| e.tensor.f_reshape([-1]))
+            .collect::<std::result::Result<_, _>>()?;
+        if !buffers.is_empty() {
+            health.push_finite(
+                "the updated BatchNorm running statistics",
+                &Tensor::f_cat(&buffers, 0)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Puts the buffers back.
+    pub(crate) fn restore<E: Encoder + ?Sized>(&self, enc: &E) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            let buffers = enc
+                .tensors()
+                .entries()
+                .iter()
+                .filter(|e| e.role == Role::Buffer);
+            for (e, saved) in buffers.zip(&self.copies) {
+                let mut dst = e.tensor.shallow_clone();
+                dst.f_copy_(saved)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `result`, after putting the buffers back if it is an error.
+    pub(crate) fn restore_on_error<E: Encoder + ?Sized, T>(
+        &self,
+        enc: &E,
+        result: Result<T>,
+    ) -> Result<T> {
+        if result.is_err() {
+            self.restore(enc)?;
+        }
+        result
     }
 }

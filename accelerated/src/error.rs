@@ -1,6 +1,6 @@
 //! Errors of the accelerated crate.
 //!
-//! Bad input (every case of SPEC 7) is reported with the reference's own
+//! Bad input (every case of docs/SPEC.md §7) is reported with the reference's own
 //! [`ClaeError`], produced by the same validators, so both backends agree on
 //! the [`ErrorKind`]. Two further kinds of failure exist only here: libtorch
 //! itself failing (out of memory, a CUDA error) and a device that cannot be
@@ -25,7 +25,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Invalid input (SPEC 7), exactly as the reference reports it.
+    /// Invalid input (docs/SPEC.md §7), exactly as the reference reports it.
     #[error(transparent)]
     Spec(#[from] ClaeError),
     /// libtorch raised an error on validated input (e.g. out of memory).
@@ -37,7 +37,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The SPEC 7 kind, for errors caused by bad input; `None` for libtorch
+    /// The docs/SPEC.md §7 kind, for errors caused by bad input; `None` for libtorch
     /// and device failures.
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {

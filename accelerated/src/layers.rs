@@ -2,11 +2,12 @@
 //! way a PyTorch module would make it: `nn.Linear`, a dual `nn.BatchNorm{1,2}d`
 //! and `F.normalize`.
 
+use crate::check::Health;
 use crate::error::Result;
 use clae_reference::encoder::{Branch, Mode};
 use tch::Tensor;
 
-/// `F.normalize`'s clamp for the encoder output, `1e-12` (SPEC 2).
+/// `F.normalize`'s clamp for the encoder output, `1e-12` (docs/SPEC.md §2).
 pub const NORMALIZE_EPS: f64 = 1e-12;
 
 /// `nn.Linear`: `y = x Wᵀ + b`. Shapes: `x: N x in`, `W: out x in`, `b: out`.
@@ -34,9 +35,11 @@ pub(crate) struct BatchNorm {
     pub(crate) eps: f64,
 }
 
-/// Two independent BatchNorm layers, `clean` and `adv` (AdvProp-style, SPEC 2).
+/// Two independent BatchNorm layers, `clean` and `adv` (AdvProp-style,
+/// docs/SPEC.md §2), and the layer's state-dict prefix (for messages).
 #[derive(Debug)]
 pub(crate) struct DualBatchNorm {
+    pub(crate) name: String,
     pub(crate) clean: BatchNorm,
     pub(crate) adv: BatchNorm,
 }
@@ -48,37 +51,89 @@ impl DualBatchNorm {
     ///   libtorch also folds them into that branch's running statistics
     ///   (`running = (1 − m) running + m stat`, unbiased variance); without,
     ///   no running statistics are passed, so nothing is updated — the
-    ///   generation pass of SPEC 4.
+    ///   generation pass of docs/SPEC.md §4.
     /// * `Eval`: the clean branch's running statistics.
     ///
     /// Works for `N x C` (BatchNorm1d) and `N x C x H x W` (BatchNorm2d).
-    pub(crate) fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
-        let (bn, training) = match mode {
-            Mode::Train(Branch::Clean) => (&self.clean, true),
-            Mode::Train(Branch::Adv) => (&self.adv, true),
-            Mode::Eval => (&self.clean, false),
+    ///
+    /// In training mode the batch statistics are representable exactly when
+    /// the saved mean is finite and the saved `1/√(σ² + eps)` is not 0 (an
+    /// overflowed `σ²` gives 0): `health` gets the flag
+    /// `max|μ| + max(√(σ² + eps))`, finite exactly then.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        track: bool,
+        health: &mut Health,
+    ) -> Result<Tensor> {
+        let bn = match mode {
+            Mode::Train(Branch::Clean) | Mode::Eval => &self.clean,
+            Mode::Train(Branch::Adv) => &self.adv,
         };
-        let (mean, var) = if training && !track {
-            (None, None)
-        } else {
-            (Some(&bn.running_mean), Some(&bn.running_var))
+        let (w, b) = (Some(&bn.weight), Some(&bn.bias));
+        let (y, save_mean, save_invstd) = match mode {
+            Mode::Eval => {
+                let y = x.f_batch_norm(
+                    w,
+                    b,
+                    Some(&bn.running_mean),
+                    Some(&bn.running_var),
+                    false,
+                    bn.momentum,
+                    bn.eps,
+                    true,
+                )?;
+                return Ok(y);
+            }
+            // what F.batch_norm(training=True) runs, with the statistics it saves
+            Mode::Train(_) if track => {
+                let (y, mean, invstd, _) = x.f_internal_batch_norm_with_update(
+                    w,
+                    b,
+                    &bn.running_mean,
+                    &bn.running_var,
+                    bn.momentum,
+                    bn.eps,
+                )?;
+                (y, mean, invstd)
+            }
+            Mode::Train(_) => x.f_native_batch_norm(
+                w,
+                b,
+                None::<&Tensor>,
+                None::<&Tensor>,
+                true,
+                bn.momentum,
+                bn.eps,
+            )?,
         };
-        Ok(x.f_batch_norm(
-            Some(&bn.weight),
-            Some(&bn.bias),
-            mean,
-            var,
-            training,
-            bn.momentum,
-            bn.eps,
-            true,
-        )?)
+        let flag = tch::no_grad(|| -> Result<Tensor> {
+            Ok(save_mean
+                .f_abs()?
+                .f_max()?
+                .f_add(&save_invstd.f_reciprocal()?.f_max()?)?)
+        })?;
+        health.push(format!("the batch statistics of {}", self.name), flag);
+        Ok(y)
     }
 }
 
 /// `F.normalize(u, dim=1, eps)`, written as PyTorch writes it:
-/// `u / u.norm(2, dim=1, keepdim=True).clamp_min(eps)`. A zero row stays zero.
-pub(crate) fn l2_normalize(u: &Tensor, eps: f64) -> Result<Tensor> {
+/// `u / u.norm(2, dim=1, keepdim=True).clamp_min(eps)`. A zero row stays
+/// zero. Also returns the clamped norms (`N x 1`): `z` is representable
+/// exactly when they are finite.
+pub(crate) fn l2_normalize(u: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let norm = u.f_norm_scalaropt_dim(2, [1], true)?.f_clamp_min(eps)?;
-    Ok(u.f_div(&norm)?)
+    Ok((u.f_div(&norm)?, norm))
+}
+
+/// The encoder's output normalisation, with its health flag.
+pub(crate) fn embed_normalize(u: &Tensor, health: &mut Health) -> Result<Tensor> {
+    let (z, norm) = l2_normalize(u, NORMALIZE_EPS)?;
+    health.push_finite(
+        "the embedding z (its norm, or an activation before it)",
+        &norm,
+    )?;
+    Ok(z)
 }

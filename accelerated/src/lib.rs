@@ -3,10 +3,10 @@
 //! CUDA, in `f32` and `f64`.
 //!
 //! This crate is the independent counterpart of `clae-reference`: the same
-//! SPEC, the same vocabulary (re-exported from the reference), but every
+//! spec (docs/SPEC.md), the same vocabulary (re-exported from the reference), but every
 //! gradient comes from autograd, never from a hand-written backward pass.
 //!
-//! | module | SPEC | what |
+//! | module | docs/SPEC.md § | what |
 //! |---|---|---|
 //! | [`device`] | — | CPU/CUDA, `f32`/`f64`, loading libtorch's CUDA backend, TF32, bf16 autocast |
 //! | [`convert`] | — | ndarray ⇄ tensor |
@@ -18,7 +18,7 @@
 //! | [`optim`] | 5 | SGD and Adam with `torch.optim`'s rules, exportable state |
 //! | [`step`] | 5, 6 | plain and CLAE steps, generic over the encoder |
 //!
-//! Glossary (SPEC 1): `p`, `q` the two views (`P`, `Q`), `z_p`, `z_q` their
+//! Glossary (docs/SPEC.md §1): `p`, `q` the two views (`P`, `Q`), `z_p`, `z_q` their
 //! embeddings, `tau` the temperature, `eps` the FGSM step, `alpha` the weight
 //! of the adversarial term, `q_adv` the adversarial view, `g` the input
 //! gradient that makes it.
@@ -32,7 +32,7 @@
 //! let mut opt = Optimizer::new(OptimizerConfig::authors_sgd(), &mlp).unwrap();
 //! let p = tch::Tensor::randn([6, 8], (tch::Kind::Double, tch::Device::Cpu));
 //! let q = &p * 0.9;
-//! let report = clae_step(&mut mlp, &mut opt, &p, &q, &ClaeConfig::<f64>::paper(LossKind::Plain)).unwrap();
+//! let report = clae_step(&mut mlp, &mut opt, &p, &q, &ClaeConfig::paper(LossKind::Plain)).unwrap();
 //! assert!(report.total.is_finite());
 //! ```
 

@@ -1,4 +1,4 @@
-//! The three contrastive losses of SPEC 3 with libtorch tensor ops; autograd
+//! The three contrastive losses of docs/SPEC.md §3 with libtorch tensor ops; autograd
 //! differentiates them (nothing here is a hand-written gradient).
 //!
 //! Each loss takes `z_p, z_q: N x d` and `tau`, and returns a 0-d tensor in
@@ -7,7 +7,8 @@
 //! similarity logits — its value computed by `target_nll`, which avoids
 //! the cancellation of `logsumexp − s[t]` when the target dominates.
 
-use crate::check;
+use crate::check::{self, Health};
+use crate::device::Precision;
 use crate::error::Result;
 use clae_reference::ClaeError;
 use tch::{Device, Kind, Tensor};
@@ -17,7 +18,7 @@ pub use clae_reference::loss::LossKind;
 /// `nn.CosineSimilarity`'s clamp in the SimCLR loss, `1e-8`.
 pub const COSINE_EPS: f64 = 1e-8;
 
-/// SPEC 3.1, Plain:
+/// docs/SPEC.md §3.1, Plain:
 ///
 /// ```text
 /// S    = Z_P Z_Qᵀ / tau                          N x N logits
@@ -76,7 +77,7 @@ pub(crate) fn target_nll(s: &Tensor, t: &Tensor) -> Result<Tensor> {
     Ok(dominant.f_where_self(&target_is_max, &general)?)
 }
 
-/// SPEC 3.2, SimCLR's NT-Xent, as the authors' `NT_Xent` computes it:
+/// docs/SPEC.md §3.2, SimCLR's NT-Xent, as the authors' `NT_Xent` computes it:
 ///
 /// ```text
 /// U = [Z_P; Z_Q]                                        2N x d
@@ -94,14 +95,14 @@ pub(crate) fn simclr_loss_unchecked(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Res
     let n = z_p.size()[0];
     let device = z_p.device();
     let u = Tensor::f_cat(&[z_p, z_q], 0)?;
-    let un = crate::layers::l2_normalize(&u, COSINE_EPS)?;
+    let (un, _) = crate::layers::l2_normalize(&u, COSINE_EPS)?;
     let sim = un.f_matmul(&un.f_tr()?)?.f_div_scalar(tau)?;
     let logits = sim.f_masked_fill(&diagonal(2 * n, device)?, f64::NEG_INFINITY)?;
     let targets = positives(n, device)?.f_unsqueeze(1)?;
     Ok(target_nll(&logits, &targets)?.f_mean(None::<Kind>)?)
 }
 
-/// SPEC 3.3, UEL (Ye et al.'s batch criterion, `negM = 1`):
+/// docs/SPEC.md §3.3, UEL (Ye et al.'s batch criterion, `negM = 1`):
 ///
 /// ```text
 /// X = [Z_P; Z_Q],   s = X · X.detach()ᵀ / tau,   s[a,a] = −inf      (right factor constant)
@@ -150,9 +151,16 @@ pub(crate) fn uel_loss_unchecked(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result
 }
 
 /// Validates a pair of embedding batches and `tau` as the reference does:
-/// `tau` first, then `N x d` shapes, `N >= 2`, `d >= 1`, finite values.
-pub(crate) fn check_inputs(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<()> {
-    check::tau(tau)?;
+/// `tau` first (in the embeddings' precision), then `N x d` shapes,
+/// `N >= 2`, `d >= 1`, finite values, an addressable similarity matrix.
+/// Returns the precision.
+pub(crate) fn check_inputs(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<Precision> {
+    let precision = Precision::of_kind(z_p.kind()).ok_or_else(|| ClaeError::ShapeMismatch {
+        what: "Z_P element type".into(),
+        expected: "f32 or f64".into(),
+        actual: format!("{:?}", z_p.kind()),
+    })?;
+    check::tau(precision, tau)?;
     for (what, z) in [("Z_P", z_p), ("Z_Q", z_q)] {
         if z.dim() != 2 {
             return Err(ClaeError::ShapeMismatch {
@@ -163,7 +171,28 @@ pub(crate) fn check_inputs(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<()> {
             .into());
         }
     }
-    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)
+    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)?;
+    let two_n = (z_p.size()[0].max(0) as usize).saturating_mul(2);
+    clae_reference::check::elements("the similarity matrix", &[two_n, two_n])?;
+    Ok(precision)
+}
+
+/// The loss on checked input, with its representability flag in `health`
+/// (the value is finite, which it is not when the logits `<z_p, z_q> / tau`
+/// overflow).
+pub(crate) fn checked_loss(
+    kind: LossKind,
+    z_p: &Tensor,
+    z_q: &Tensor,
+    tau: f64,
+    health: &mut Health,
+) -> Result<Tensor> {
+    let l = loss_unchecked(kind, z_p, z_q, tau)?;
+    health.push(
+        format!("the {kind} loss (tau = {tau})"),
+        l.f_detach()?.f_to_kind(Kind::Double)?,
+    );
+    Ok(l)
 }
 
 pub(crate) fn loss_unchecked(
@@ -182,7 +211,7 @@ pub(crate) fn loss_unchecked(
 /// The loss `kind` as a differentiable 0-d tensor. `z_q` is moved to
 /// `z_p`'s device and kind if needed.
 ///
-/// Errors (SPEC 7): bad `tau`, shape mismatch, `N < 2`, `d = 0`, NaN/inf.
+/// Errors (docs/SPEC.md §7): bad `tau`, shape mismatch, `N < 2`, `d = 0`, NaN/inf.
 ///
 /// ```
 /// use clae_accelerated::loss::{loss, LossKind};
@@ -194,8 +223,12 @@ pub(crate) fn loss_unchecked(
 /// ```
 pub fn loss(kind: LossKind, z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<Tensor> {
     let z_q = z_q.f_to_device(z_p.device())?.f_to_kind(z_p.kind())?;
-    check_inputs(z_p, &z_q, tau)?;
-    loss_unchecked(kind, z_p, &z_q, tau)
+    let precision = check_inputs(z_p, &z_q, tau)?;
+    let mut health = Health::new(precision);
+    health.blame("Z_P, Z_Q and tau");
+    let l = checked_loss(kind, z_p, &z_q, tau, &mut health)?;
+    health.check()?;
+    Ok(l)
 }
 
 /// A loss value with autograd's gradients w.r.t. both embedding sets.
@@ -205,7 +238,7 @@ pub struct LossOutput {
     pub value: f64,
     /// `dL/dZ_P`, `N x d`.
     pub grad_z_p: Tensor,
-    /// `dL/dZ_Q`, `N x d` (for UEL the stop-gradient "gradient" of SPEC 3.3).
+    /// `dL/dZ_Q`, `N x d` (for UEL the stop-gradient "gradient" of docs/SPEC.md §3.3).
     pub grad_z_q: Tensor,
 }
 
@@ -228,7 +261,9 @@ pub fn loss_forward_backward(
     tau: f64,
 ) -> Result<LossOutput> {
     let z_q = z_q.f_to_device(z_p.device())?.f_to_kind(z_p.kind())?;
-    check_inputs(z_p, &z_q, tau)?;
+    let precision = check_inputs(z_p, &z_q, tau)?;
+    let mut health = Health::new(precision);
+    health.blame("Z_P, Z_Q and tau");
     let leaf_p = z_p.f_detach()?.f_set_requires_grad(true)?;
     let leaf_q = z_q.f_detach()?.f_set_requires_grad(true)?;
     let value = tch::with_grad(|| loss_unchecked(kind, &leaf_p, &leaf_q, tau))?;
@@ -245,6 +280,10 @@ pub fn loss_forward_backward(
             .map_err(|_| {
                 crate::Error::Torch("autograd returned the wrong number of gradients".into())
             })?;
+    health.push_finite(format!("the {kind} loss (tau = {tau})"), &value)?;
+    health.push_finite("dL/dZ_P", &grad_z_p)?;
+    health.push_finite("dL/dZ_Q", &grad_z_q)?;
+    health.check()?;
     Ok(LossOutput {
         value: value.f_double_value(&[])?,
         grad_z_p,

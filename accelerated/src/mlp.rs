@@ -1,4 +1,4 @@
-//! The dual-BN MLP encoder of SPEC 2, built from libtorch ops:
+//! The dual-BN MLP encoder of docs/SPEC.md §2, built from libtorch ops:
 //!
 //! ```text
 //! backbone: repeat L times:  Linear(in -> h) -> DualBatchNorm1d(h) -> ReLU
@@ -10,10 +10,11 @@
 //! ([`clae_reference::encoder::Mlp`]), so a state dict moves between the two
 //! unchanged.
 
+use crate::check::{for_precision, Health};
 use crate::device::{ensure_device, Precision, TchReal};
 use crate::encoder::{Encoder, NamedTensors};
 use crate::error::Result;
-use crate::layers::{l2_normalize, BatchNorm, DualBatchNorm, Linear, NORMALIZE_EPS};
+use crate::layers::{embed_normalize, BatchNorm, DualBatchNorm, Linear};
 use clae_reference::encoder::{Mlp as ReferenceMlp, Mode};
 use clae_reference::state::{Role, StateDict};
 use tch::{Device, Tensor};
@@ -27,7 +28,7 @@ struct Block {
     bn: DualBatchNorm,
 }
 
-/// The dual-BN MLP (SPEC 2) on a libtorch device.
+/// The dual-BN MLP (docs/SPEC.md §2) on a libtorch device.
 ///
 /// ```
 /// use clae_accelerated::{device::Precision, encoder::Encoder, mlp::Mlp};
@@ -52,6 +53,11 @@ impl Mlp {
     /// values for `(config, seed)` (drawn by
     /// [`clae_reference::encoder::Mlp::new`] in `f64`, rounded to `precision`).
     pub fn new(config: MlpConfig, seed: u64, device: Device, precision: Precision) -> Result<Self> {
+        // the precision's rules first, as the reference in that precision checks them
+        for_precision!(precision, F => {
+            config.validate_for::<F>()?;
+            clae_reference::check::allocatable::<F>("encoder parameters", config.num_parameters()?)?;
+        });
         let reference = ReferenceMlp::<f64>::new(config, seed)?;
         Self::from_state_dict(config, &reference.state_dict(), device, precision)
     }
@@ -91,7 +97,10 @@ impl Mlp {
     /// All tensors allocated in layout order (weights zero, BatchNorm at
     /// PyTorch's initial state), ready to be loaded.
     fn zeros(config: MlpConfig, device: Device, precision: Precision) -> Result<Self> {
-        config.validate()?;
+        for_precision!(precision, F => {
+            config.validate_for::<F>()?;
+            clae_reference::check::allocatable::<F>("encoder parameters", config.num_parameters()?)?;
+        });
         ensure_device(device)?;
         let opts = (precision.kind(), device);
         let mut t = NamedTensors::new(device, precision);
@@ -143,7 +152,11 @@ impl Mlp {
                     weight,
                     bias: Some(bias),
                 },
-                bn: DualBatchNorm { clean, adv },
+                bn: DualBatchNorm {
+                    name: format!("backbone.{l}.bn"),
+                    clean,
+                    adv,
+                },
             });
             fan_in = h;
         }
@@ -182,14 +195,24 @@ impl Encoder for Mlp {
         vec![self.config.d_in as i64]
     }
 
-    fn forward_unchecked(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
+    fn activations_per_image(&self) -> usize {
+        self.config.hidden.max(self.config.d)
+    }
+
+    fn forward_unchecked(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        track: bool,
+        health: &mut Health,
+    ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         for block in &self.blocks {
             let pre = block.linear.forward(&h)?;
-            h = block.bn.forward(&pre, mode, track)?.f_relu()?;
+            h = block.bn.forward(&pre, mode, track, health)?.f_relu()?;
         }
         let hidden = self.head[0].forward(&h)?.f_relu()?;
         let u = self.head[1].forward(&hidden)?;
-        l2_normalize(&u, NORMALIZE_EPS)
+        embed_normalize(&u, health)
     }
 }

@@ -1,4 +1,4 @@
-//! SGD and Adam (SPEC 5) on libtorch tensors, with `torch.optim`'s update
+//! SGD and Adam (docs/SPEC.md §5) on libtorch tensors, with `torch.optim`'s update
 //! rules and exportable state.
 //!
 //! Two backends:
@@ -28,9 +28,11 @@
 //! same ATen kernels run in the same order (`lerp_`, `mul_`/`addcmul_`,
 //! `sqrt`, `addcdiv_`, Python-float `pow` for the bias corrections).
 
-use crate::device::TchReal;
+use crate::check::for_precision;
+use crate::device::{Precision, TchReal};
 use crate::encoder::{Encoder, Gradients};
 use crate::error::{Error, Result};
+use clae_reference::optim::{safe_limit, Magnitudes, StateBound, UpdateBound};
 use clae_reference::state::{Role, StateDict, StateEntry};
 use clae_reference::ClaeError;
 use tch::nn::OptimizerConfig as _;
@@ -92,18 +94,28 @@ enum Inner {
 #[derive(Debug)]
 pub struct Optimizer {
     config: OptimizerConfig,
+    precision: Precision,
     names: Vec<String>,
     inner: Inner,
+    /// Per parameter: the reference's state bound (see
+    /// [`clae_reference::optim::OptimizerConfig::update_bound`]).
+    bounds: Vec<Option<StateBound>>,
+    /// Per parameter: how many updates it received (Adam's `t`; tracked here
+    /// too for the libtorch backend, whose state is not accessible).
+    steps: Vec<u64>,
 }
 
 impl Optimizer {
     /// A fresh tensor-ops optimizer (empty state) for `enc`'s parameters.
     pub fn new<E: Encoder + ?Sized>(config: OptimizerConfig, enc: &E) -> Result<Self> {
-        config.validate()?;
+        for_precision!(enc.precision(), F => config.validate_for::<F>())?;
         let names = enc.parameter_names();
         Ok(Optimizer {
             config,
+            precision: enc.precision(),
             inner: Inner::TensorOps((0..names.len()).map(|_| None).collect()),
+            bounds: vec![None; names.len()],
+            steps: vec![0; names.len()],
             names,
         })
     }
@@ -112,7 +124,7 @@ impl Optimizer {
     /// `torch::optim`) over `enc`'s var store. See the module docs for how its
     /// Adam differs from torch.optim's.
     pub fn libtorch<E: Encoder + ?Sized>(config: OptimizerConfig, enc: &E) -> Result<Self> {
-        config.validate()?;
+        for_precision!(enc.precision(), F => config.validate_for::<F>())?;
         let vs = enc.tensors().var_store();
         let opt = match config {
             OptimizerConfig::Sgd {
@@ -141,10 +153,14 @@ impl Optimizer {
             }
             .build(vs, lr)?,
         };
+        let names = enc.parameter_names();
         Ok(Optimizer {
             config,
-            names: enc.parameter_names(),
+            precision: enc.precision(),
             inner: Inner::Libtorch(opt),
+            bounds: vec![None; names.len()],
+            steps: vec![0; names.len()],
+            names,
         })
     }
 
@@ -181,10 +197,20 @@ impl Optimizer {
     /// p <- p − (lr / (1 − β1^t)) m / ( √v / √(1 − β2^t) + eps )
     /// ```
     ///
-    /// Errors (nothing is changed then): gradients for another parameter
-    /// list (`InvalidState`), a non-finite parameter or buffer, a gradient of
-    /// the wrong shape or with a non-finite value.
+    /// All or nothing: everything is checked, and the update bounded with
+    /// the reference's [`OptimizerConfig::update_bound`] from exact
+    /// magnitudes (read with one synchronisation), before the first
+    /// parameter moves. An update that might overflow is made on copies and
+    /// committed only if finite (the libtorch backend, whose state cannot be
+    /// copied, refuses it instead).
+    ///
+    /// Errors (nothing is changed then): an optimizer made for another
+    /// encoder or gradients for another parameter list (`InvalidState`), a
+    /// non-finite parameter or buffer, a gradient of the wrong shape or with
+    /// a non-finite value, and `Overflow` when the update is not
+    /// representable.
     pub fn step<E: Encoder + ?Sized>(&mut self, enc: &mut E, grads: &Gradients) -> Result<()> {
+        self.check_fits(enc)?;
         let params = enc.parameters();
         if grads.names != self.names || grads.tensors.len() != params.len() {
             return Err(ClaeError::InvalidState {
@@ -196,14 +222,18 @@ impl Optimizer {
             }
             .into());
         }
-        // Everything is checked before the first parameter moves, in the
-        // reference's order: the encoder, then gradient by gradient its shape
-        // and its values. (The values are checked with one device
-        // synchronisation: all gradients before the first misshapen one.)
-        enc.validate()?;
+        // The reference's order: the encoder, then gradient by gradient its
+        // shape and its values. The magnitudes of every parameter and of the
+        // gradients before the first misshapen one come in one transfer.
         let mut present = Vec::new();
         let mut misshapen = None;
-        for ((name, p), g) in self.names.iter().zip(&params).zip(&grads.tensors) {
+        for (i, ((name, p), g)) in self
+            .names
+            .iter()
+            .zip(&params)
+            .zip(&grads.tensors)
+            .enumerate()
+        {
             if let Some(g) = g {
                 if g.size() != p.size() {
                     misshapen = Some(ClaeError::ShapeMismatch {
@@ -213,34 +243,102 @@ impl Optimizer {
                     });
                     break;
                 }
-                present.push((format!("gradient of {name}"), g));
+                present.push((i, g));
             }
         }
-        let named: Vec<(&str, &Tensor)> = present.iter().map(|(n, g)| (n.as_str(), *g)).collect();
-        crate::check::all_finite(&named)?;
+        let mut all: Vec<&Tensor> = params.iter().collect();
+        all.extend(present.iter().map(|(_, g)| *g));
+        let mags = crate::check::magnitudes(&all)?;
+        let (param_mags, grad_mags) = mags.split_at(params.len());
+        if param_mags.iter().any(|m| !m.is_finite()) {
+            enc.validate()?; // locates the non-finite entry
+        }
+        enc.validate_buffers()?;
+        for ((i, g), m) in present.iter().zip(grad_mags) {
+            if !m.is_finite() {
+                crate::check::finite(&format!("gradient of {}", self.names[*i]), g)?;
+            }
+        }
         if let Some(e) = misshapen {
             return Err(e.into());
         }
+        let limit = for_precision!(self.precision, F => safe_limit::<F>());
         let config = self.config;
+        let plan: Vec<(usize, &Tensor, UpdateBound)> = present
+            .iter()
+            .zip(grad_mags)
+            .map(|(&(i, g), &grad)| {
+                let mag = Magnitudes {
+                    param: param_mags[i],
+                    grad,
+                };
+                (
+                    i,
+                    g,
+                    config.update_bound(mag, self.bounds[i], self.steps[i] + 1),
+                )
+            })
+            .collect();
         match &mut self.inner {
             Inner::TensorOps(state) => tch::no_grad(|| -> Result<()> {
-                for ((p, g), s) in params.iter().zip(&grads.tensors).zip(state.iter_mut()) {
-                    if let Some(g) = g {
-                        update(config, p, g, s)?;
+                // updates that might overflow: on copies first
+                let mut copies = Vec::new();
+                for &(i, g, bound) in &plan {
+                    if bound.largest <= limit {
+                        continue;
                     }
+                    let p_copy = params[i].f_detach_copy()?;
+                    let mut s_copy = deep_copy(&state[i])?;
+                    update(config, &p_copy, g, &mut s_copy)?;
+                    let mut outputs = vec![&p_copy];
+                    outputs.extend(state_tensors(&s_copy));
+                    if crate::check::magnitudes(&outputs)?
+                        .iter()
+                        .any(|m| !m.is_finite())
+                    {
+                        return Err(ClaeError::Overflow {
+                            cause: "the learning rate and weight decay with these parameter and gradient magnitudes"
+                                .into(),
+                            quantity: format!("the {} update of {}", config.name(), self.names[i]),
+                            precision: self.precision.name().to_string(),
+                        }
+                        .into());
+                    }
+                    copies.push((i, p_copy, s_copy));
+                }
+                let mut copied = vec![false; params.len()];
+                for (i, p_copy, s_copy) in copies {
+                    params[i].shallow_clone().f_copy_(&p_copy)?;
+                    self.bounds[i] = Some(exact_bound(&s_copy)?);
+                    state[i] = s_copy;
+                    copied[i] = true;
+                }
+                for &(i, g, bound) in &plan {
+                    if !copied[i] {
+                        update(config, &params[i], g, &mut state[i])?;
+                        self.bounds[i] = Some(bound.state);
+                    }
+                    self.steps[i] += 1;
                 }
                 Ok(())
             }),
             Inner::Libtorch(opt) => {
+                if let Some(&(i, _, _)) = plan.iter().find(|(_, _, b)| b.largest > limit) {
+                    return Err(ClaeError::Overflow {
+                        cause: "the learning rate and weight decay with these parameter and gradient magnitudes (the libtorch backend cannot check an update before making it)"
+                            .into(),
+                        quantity: format!("the {} update of {}", config.name(), self.names[i]),
+                        precision: self.precision.name().to_string(),
+                    }
+                    .into());
+                }
                 // libtorch's zero_grad sets every `.grad` to None; then
                 // `Σ_i <p_i, g_i>` back-propagated writes exactly `g_i`
                 // (1 · g_i) into `p_i.grad`, and only for present gradients.
                 opt.zero_grad();
                 let mut terms = Vec::new();
-                for (p, g) in params.iter().zip(&grads.tensors) {
-                    if let Some(g) = g {
-                        terms.push(p.f_mul(&g.f_detach()?)?.f_sum(None::<tch::Kind>)?);
-                    }
+                for &(i, g, _) in &plan {
+                    terms.push(params[i].f_mul(&g.f_detach()?)?.f_sum(None::<tch::Kind>)?);
                 }
                 if !terms.is_empty() {
                     tch::with_grad(|| -> Result<()> {
@@ -251,9 +349,47 @@ impl Optimizer {
                     })?;
                     opt.step();
                 }
+                for &(i, _, bound) in &plan {
+                    self.bounds[i] = Some(bound.state);
+                    self.steps[i] += 1;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Checks that this optimizer can update `enc`: the same parameter
+    /// names, and every existing state shaped like its parameter (an
+    /// optimizer made for another encoder fails here). The steps call it
+    /// before they touch anything.
+    pub(crate) fn check_fits<E: Encoder + ?Sized>(&self, enc: &E) -> Result<()> {
+        let names = enc.parameter_names();
+        if names != self.names {
+            return Err(ClaeError::InvalidState {
+                message: format!(
+                    "an optimizer of {} parameters cannot update an encoder of {} (or the names differ)",
+                    self.names.len(),
+                    names.len()
+                ),
+            }
+            .into());
+        }
+        if let Inner::TensorOps(state) = &self.inner {
+            for ((p, name), s) in enc.parameters().iter().zip(&names).zip(state) {
+                if let Some(s) = s {
+                    if tensors_of(s).iter().any(|t| t.size() != p.size()) {
+                        return Err(ClaeError::InvalidState {
+                            message: format!(
+                                "optimizer state of {name} does not have the parameter's shape {:?}",
+                                p.size()
+                            ),
+                        }
+                        .into());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The optimizer state as named arrays (role [`Role::Buffer`]), as the
@@ -396,4 +532,65 @@ fn update(
         }
     }
     Ok(())
+}
+
+/// The tensors of one parameter's state.
+fn tensors_of(state: &ParamState) -> Vec<&Tensor> {
+    match state {
+        ParamState::Sgd {
+            momentum_buffer: Some(b),
+        } => vec![b],
+        ParamState::Adam {
+            exp_avg,
+            exp_avg_sq,
+            ..
+        } => vec![exp_avg, exp_avg_sq],
+        ParamState::Sgd {
+            momentum_buffer: None,
+        } => Vec::new(),
+    }
+}
+
+fn state_tensors(state: &Option<ParamState>) -> Vec<&Tensor> {
+    state.as_ref().map_or_else(Vec::new, tensors_of)
+}
+
+/// An independent copy of one parameter's state.
+fn deep_copy(state: &Option<ParamState>) -> Result<Option<ParamState>> {
+    Ok(match state {
+        None => None,
+        Some(ParamState::Sgd { momentum_buffer }) => Some(ParamState::Sgd {
+            momentum_buffer: momentum_buffer
+                .as_ref()
+                .map(|b| b.f_detach_copy())
+                .transpose()?,
+        }),
+        Some(ParamState::Adam {
+            step,
+            exp_avg,
+            exp_avg_sq,
+        }) => Some(ParamState::Adam {
+            step: *step,
+            exp_avg: exp_avg.f_detach_copy()?,
+            exp_avg_sq: exp_avg_sq.f_detach_copy()?,
+        }),
+    })
+}
+
+/// The exact state bound of a state (after an update made on copies).
+fn exact_bound(state: &Option<ParamState>) -> Result<StateBound> {
+    let m = crate::check::magnitudes(&state_tensors(state))?;
+    Ok(match state {
+        Some(ParamState::Adam { .. }) => StateBound {
+            first: m[0],
+            second: m[1],
+        },
+        Some(ParamState::Sgd {
+            momentum_buffer: Some(_),
+        }) => StateBound {
+            first: m[0],
+            second: 0.0,
+        },
+        _ => StateBound::default(),
+    })
 }

@@ -1,6 +1,6 @@
 //! The encoder of the paper's CIFAR experiments: a CIFAR-style ResNet-18
 //! whose every BatchNorm2d is dual (clean / adv), with SimCLR's projection
-//! head and the L2 normalisation of SPEC 2.
+//! head and the L2 normalisation of docs/SPEC.md §2.
 //!
 //! ```text
 //! stem:   conv3x3(C -> w, stride 1) -> DualBN2d -> ReLU            (no max-pool)
@@ -24,10 +24,11 @@
 //! like the MLP's head. BatchNorm keeps no `num_batches_tracked` (it only
 //! matters when `momentum = None`).
 
+use crate::check::{for_precision, Health};
 use crate::device::{ensure_device, Precision};
 use crate::encoder::{Encoder, NamedTensors};
 use crate::error::Result;
-use crate::layers::{l2_normalize, BatchNorm, DualBatchNorm, Linear, NORMALIZE_EPS};
+use crate::layers::{embed_normalize, BatchNorm, DualBatchNorm, Linear};
 use clae_reference::encoder::Mode;
 use clae_reference::rng::Rng;
 use clae_reference::state::Role;
@@ -64,7 +65,7 @@ pub struct ResNetConfig {
 
 impl ResNetConfig {
     /// ResNet-18 for CIFAR: `3 x 32 x 32` inputs, width 64, `d = 128`,
-    /// SPEC 2's BatchNorm constants.
+    /// docs/SPEC.md §2's BatchNorm constants.
     pub fn cifar() -> Self {
         ResNetConfig {
             in_channels: 3,
@@ -87,8 +88,16 @@ impl ResNetConfig {
         8 * self.width
     }
 
-    /// Checks every field: sizes `>= 1`, momenta in `[0, 1]`, `eps_bn > 0`.
+    /// Checks every field in `f64`: sizes `>= 1` and addressable (checked
+    /// arithmetic), momenta in `[0, 1]`, `eps_bn > 0`.
     pub fn validate(&self) -> clae_reference::Result<()> {
+        self.validate_for::<f64>()
+    }
+
+    /// [`ResNetConfig::validate`] with the BatchNorm constants checked in the
+    /// element type `F` (the reference's [`check::hyper`]).
+    pub fn validate_for<F: clae_reference::Real>(&self) -> clae_reference::Result<()> {
+        use clae_reference::check::Domain;
         for (what, v) in [
             ("image channels C", self.in_channels),
             ("image size", self.image_size),
@@ -99,19 +108,29 @@ impl ResNetConfig {
                 return Err(ClaeError::ZeroDimension { what: what.into() });
             }
         }
-        for (name, m) in [
-            ("bn_momentum_clean", self.bn_momentum_clean),
-            ("bn_momentum_adv", self.bn_momentum_adv),
-        ] {
-            if !(m.is_finite() && (0.0..=1.0).contains(&m)) {
-                return Err(ClaeError::InvalidHyperParameter {
-                    name: name.into(),
-                    expected: "finite and in [0, 1]".into(),
-                    value: m,
-                });
-            }
-        }
-        check::positive("bn_eps", self.bn_eps)
+        check::hyper::<F>(
+            "bn_momentum_clean",
+            self.bn_momentum_clean,
+            Domain::ClosedUnit,
+        )?;
+        check::hyper::<F>("bn_momentum_adv", self.bn_momentum_adv, Domain::ClosedUnit)?;
+        check::hyper::<F>("bn_eps", self.bn_eps, Domain::Positive)?;
+        // The largest tensors: an 8w x 8w x 3 x 3 convolution, the input
+        // image, the head; sizes that overflow cannot be built.
+        let f = self
+            .width
+            .checked_mul(8)
+            .ok_or_else(|| ClaeError::TooLarge {
+                what: "ResNet width".into(),
+                detail: format!("8 x {} overflows", self.width),
+            })?;
+        check::elements("layer4 convolution", &[f, f, 3, 3])?;
+        check::elements(
+            "input image",
+            &[self.in_channels, self.image_size, self.image_size],
+        )?;
+        check::elements("head.2.weight", &[self.d, f])?;
+        Ok(())
     }
 }
 
@@ -146,14 +165,16 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode, track: bool, health: &mut Health) -> Result<Tensor> {
         let y = self
             .bn1
-            .forward(&self.conv1.forward(x)?, mode, track)?
+            .forward(&self.conv1.forward(x)?, mode, track, health)?
             .f_relu()?;
-        let y = self.bn2.forward(&self.conv2.forward(&y)?, mode, track)?;
+        let y = self
+            .bn2
+            .forward(&self.conv2.forward(&y)?, mode, track, health)?;
         let shortcut = match &self.shortcut {
-            Some((conv, bn)) => bn.forward(&conv.forward(x)?, mode, track)?,
+            Some((conv, bn)) => bn.forward(&conv.forward(x)?, mode, track, health)?,
             None => x.shallow_clone(),
         };
         Ok(y.f_add(&shortcut)?.f_relu()?)
@@ -225,7 +246,11 @@ impl Builder {
         };
         let clean = branch(self, "clean", self.config.bn_momentum_clean)?;
         let adv = branch(self, "adv", self.config.bn_momentum_adv)?;
-        Ok(DualBatchNorm { clean, adv })
+        Ok(DualBatchNorm {
+            name: name.to_string(),
+            clean,
+            adv,
+        })
     }
 
     fn linear(&mut self, name: &str, fan_in: i64, fan_out: i64) -> Result<Linear> {
@@ -268,7 +293,7 @@ impl ResNet18 {
         device: Device,
         precision: Precision,
     ) -> Result<Self> {
-        config.validate()?;
+        for_precision!(precision, F => config.validate_for::<F>())?;
         ensure_device(device)?;
         let mut b = Builder {
             tensors: NamedTensors::new(device, precision),
@@ -334,15 +359,31 @@ impl Encoder for ResNet18 {
         vec![self.config.in_channels as i64, s, s]
     }
 
-    fn forward_unchecked(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
+    fn activations_per_image(&self) -> usize {
+        let c = &self.config;
+        c.width
+            .saturating_mul(c.image_size)
+            .saturating_mul(c.image_size)
+            .max(c.d)
+    }
+
+    fn forward_unchecked(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        track: bool,
+        health: &mut Health,
+    ) -> Result<Tensor> {
         let (conv, bn) = &self.stem;
-        let mut h = bn.forward(&conv.forward(x)?, mode, track)?.f_relu()?;
+        let mut h = bn
+            .forward(&conv.forward(x)?, mode, track, health)?
+            .f_relu()?;
         for block in &self.blocks {
-            h = block.forward(&h, mode, track)?;
+            h = block.forward(&h, mode, track, health)?;
         }
         let features = h.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
         let hidden = self.head[0].forward(&features)?.f_relu()?;
         let u = self.head[1].forward(&hidden)?;
-        l2_normalize(&u, NORMALIZE_EPS)
+        embed_normalize(&u, health)
     }
 }

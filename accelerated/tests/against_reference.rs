@@ -1,5 +1,5 @@
 //! Spot checks of the tch implementation against the pure-ndarray
-//! reference, in f64 on the CPU, with SPEC 8's tolerances (`1e-10` relative
+//! reference, in f64 on the CPU, with docs/SPEC.md §8's tolerances (`1e-10` relative
 //! after one step, `1e-8` after 20). The conformance crate runs the full
 //! matrix; these catch semantic slips (running-statistics order, skipped
 //! parameters, optimizer state) where they are made.
@@ -122,7 +122,7 @@ fn input_gradients_and_views_match() {
             let want =
                 ref_adv::adversarial_view(&reference, p.view(), q.view(), kind, tau, &cfg).unwrap();
             let got = acc_adv::adversarial_view(&mlp, &t64(&p), &t64(&q), kind, tau, &cfg).unwrap();
-            // signs may only differ where |g_ref| is tiny (SPEC 8); none expected here
+            // signs may only differ where |g_ref| is tiny (docs/SPEC.md §8); none expected here
             let e = rel_err(&arr(&got.q_adv), &want.q_adv);
             assert!(e < 1e-15, "{kind} {start:?} {attack:?}: Q_adv {e:e}");
             assert_eq!(got.grads.len(), want.grads.len());
@@ -133,7 +133,7 @@ fn input_gradients_and_views_match() {
 fn run_steps(
     config: MlpConfig,
     opt_config: OptimizerConfig,
-    cfg: &ClaeConfig<f64>,
+    cfg: &ClaeConfig,
     steps: usize,
     plain: bool,
 ) -> (f64, f64, f64) {
@@ -169,7 +169,7 @@ fn run_steps(
     // gradient (BN subtracts the batch mean); both sides compute rounding
     // noise (~1e-17) for it, plus `wd * p`. Relative to that tensor's tiny
     // scale the Adam moments of pure noise differ at ~1e-9, so they get a
-    // looser bound of their own; every other tensor must meet the SPEC's.
+    // looser bound of their own; every other tensor must meet the docs/SPEC.md's.
     let noise = |name: &str| name.starts_with("backbone.") && name.contains(".linear.bias.");
     let (a, b) = (opt.state_dict().unwrap(), ref_opt.state_dict(&reference));
     let opt_err = state_err_where(&a, &b, |n| !noise(n));
@@ -250,13 +250,13 @@ fn f32_gradients_of_one_step_within_1e_4_of_the_f64_reference() {
             .names
             .iter()
             .zip(&grads.tensors)
-            .zip(&ref_grads.tensors)
+            .zip(ref_grads.tensors())
         {
             // pre-BN linear biases: true gradient 0, rounding noise on both sides
             if name.starts_with("backbone.") && name.ends_with(".linear.bias") {
                 continue;
             }
-            worst = worst.max(rel_err(&arr(g.as_ref().unwrap()), r.as_ref().unwrap()));
+            worst = worst.max(rel_err(&arr(g.as_ref().unwrap()), &r.unwrap().to_owned()));
         }
         println!("{kind}: f32 vs f64 reference, L_total {e_total:.1e}, gradients {worst:.1e}");
         assert!(

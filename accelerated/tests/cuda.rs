@@ -2,7 +2,7 @@
 //! "CUDA not available: skipped" otherwise (to stderr, uncaptured, so the
 //! skip is visible in an ordinary `cargo test` run — never a silent pass).
 //!
-//! TF32 is switched off first (SPEC 8: CUDA vs f64 reference within 1e-4).
+//! TF32 is switched off first (docs/SPEC.md §8: CUDA vs f64 reference within 1e-4).
 
 mod common;
 
@@ -82,7 +82,7 @@ fn cuda_mlp_matches_the_f64_reference() {
             let e_l = ((got.value - want.value) / want.value).abs();
             let e_g = rel_err(&arr(&got.grad_z_p), &want.grad_z_p)
                 .max(rel_err(&arr(&got.grad_z_q), &want.grad_z_q));
-            // input gradient and the view (sign rule, SPEC 8)
+            // input gradient and the view (sign rule, docs/SPEC.md §8)
             let g_ref = ref_adv::input_gradient(&reference, p.view(), p.view(), kind, tau).unwrap();
             let g = input_gradient(&mlp, &tp, &tp, kind, tau).unwrap();
             let e_in = rel_err(&arr(&g), &g_ref);
@@ -162,7 +162,7 @@ fn cuda_resnet_matches_cpu_and_recipes_agree() {
     let p = t64(&normal_d(&[8, 3, 32, 32], 9));
     let q = t64(&(normal_d(&[8, 3, 32, 32], 10) * 0.3)) + &p;
     for kind in LossKind::ALL {
-        let cfg = ClaeConfig::<f64>::paper(kind);
+        let cfg = ClaeConfig::paper(kind);
         let mut cpu = ResNet18::new(config, 1, Device::Cpu, Precision::F64).unwrap();
         let (r_cpu, _) = clae_gradients(&mut cpu, &p, &q, &cfg).unwrap();
         let mut totals = Vec::new();
@@ -193,7 +193,7 @@ fn cuda_full_width_resnet18_steps_and_bf16_autocast() {
     let config = ResNetConfig::cifar();
     let p = Tensor::randn([64, 3, 32, 32], (tch::Kind::Float, dev));
     let q = &p * 0.9 + Tensor::randn([64, 3, 32, 32], (tch::Kind::Float, dev)) * 0.1;
-    let cfg = ClaeConfig::<f32>::paper(LossKind::SimClr);
+    let cfg = ClaeConfig::paper(LossKind::SimClr);
     let mut f32_total = 0.0;
     for recipe in [Recipe::Lean, Recipe::Authors] {
         let mut net = ResNet18::new(config, 2, dev, Precision::F32).unwrap();

@@ -1,7 +1,7 @@
-//! Autograd versus closed forms for each loss (SPEC 3).
+//! Autograd versus closed forms for each loss (docs/SPEC.md §3).
 //!
 //! Expected numbers come from formulas derived by hand (written out below
-//! from `tau`), from SPEC 3's gradient formulas coded here with plain loops,
+//! from `tau`), from docs/SPEC.md §3's gradient formulas coded here with plain loops,
 //! and from central finite differences — never from the code under test.
 
 mod common;
@@ -105,7 +105,7 @@ fn uel_by_hand_on_identical_orthonormal_views() {
     }
 }
 
-// ---- SPEC 3's closed forms, coded with loops, on random hand-sized inputs ----
+// ---- docs/SPEC.md §3's closed forms, coded with loops, on random hand-sized inputs ----
 
 fn softmax_row(s: &[f64]) -> Vec<f64> {
     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -118,7 +118,7 @@ fn dot(a: ndarray::ArrayView1<f64>, b: ndarray::ArrayView1<f64>) -> f64 {
     a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
 }
 
-/// SPEC 3.1: `(A − I) Z_Q / (N tau)` and `(A − I)ᵀ Z_P / (N tau)`.
+/// docs/SPEC.md §3.1: `(A − I) Z_Q / (N tau)` and `(A − I)ᵀ Z_P / (N tau)`.
 fn plain_closed_form(
     z_p: &Array2<f64>,
     z_q: &Array2<f64>,
@@ -152,7 +152,7 @@ fn plain_matches_spec_closed_form() {
     }
 }
 
-/// SPEC 3.2 on unit-norm rows: `(G + Gᵀ) U / tau`, then the radial part removed.
+/// docs/SPEC.md §3.2 on unit-norm rows: `(G + Gᵀ) U / tau`, then the radial part removed.
 fn simclr_closed_form_unit(z_p: &Array2<f64>, z_q: &Array2<f64>, tau: f64) -> (f64, Array2<f64>) {
     let n = z_p.nrows();
     let u = ndarray::concatenate(ndarray::Axis(0), &[z_p.view(), z_q.view()]).unwrap();
@@ -194,7 +194,7 @@ fn simclr_matches_spec_closed_form() {
     assert_close(&got, &wd, 1e-13, "dL/dU");
 }
 
-/// SPEC 3.3's value with separate left and right factors: `s[a,b] = ⟨L[a], R[b]⟩/tau`.
+/// docs/SPEC.md §3.3's value with separate left and right factors: `s[a,b] = ⟨L[a], R[b]⟩/tau`.
 /// Unstable textbook form (plain exp and log), fine for moderate tau.
 fn uel_value(left: &Array2<f64>, right: &Array2<f64>, tau: f64) -> f64 {
     let m = left.nrows();
@@ -216,7 +216,7 @@ fn uel_value(left: &Array2<f64>, right: &Array2<f64>, tau: f64) -> f64 {
 
 #[test]
 fn uel_gradient_is_the_frozen_right_factor_derivative() {
-    // Finite differences of the value with the right factors frozen (SPEC 3.3).
+    // Finite differences of the value with the right factors frozen (docs/SPEC.md §3.3).
     let z_p = unit_rows(&normal2(3, 4, 14));
     let z_q = unit_rows(&normal2(3, 4, 15));
     let tau = 0.3;
@@ -303,7 +303,7 @@ fn simclr_equals_the_literal_cosine_similarity_formulation() {
     );
 }
 
-// ---- stability (SPEC 3: finite in f32 down to tau = 0.01) and zero embeddings ----
+// ---- stability (docs/SPEC.md §3: finite in f32 down to tau = 0.01) and zero embeddings ----
 
 #[test]
 fn f32_stays_finite_at_tau_0_01_even_when_a_negative_dominates() {

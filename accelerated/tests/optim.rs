@@ -1,4 +1,4 @@
-//! SGD and Adam (SPEC 5): torch.optim's update rules checked against the
+//! SGD and Adam (docs/SPEC.md §5): torch.optim's update rules checked against the
 //! closed forms written out by hand, `None` gradients skipped, and the two
 //! backends (tensor ops, libtorch's C++ optimizers) compared.
 
@@ -154,7 +154,7 @@ fn tensor_ops_and_libtorch_backends_agree() {
             (opt_ours.backend(), opt_theirs.backend()),
             (Backend::TensorOps, Backend::Libtorch)
         );
-        let cfg = ClaeConfig::<f64>::paper(loss);
+        let cfg = ClaeConfig::paper(loss);
         for s in 0..5 {
             let p = t64(&normal2(6, 8, 70 + s));
             let q = t64(&(normal2(6, 8, 80 + s) * 0.2)) + &p;

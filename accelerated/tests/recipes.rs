@@ -1,5 +1,5 @@
-//! SPEC 6: the authors' recipe and the lean recipe give the same `Q_adv`
-//! (SPEC 8's sign rule) and the same `L_total`, on random batches, for the
+//! docs/SPEC.md §6: the authors' recipe and the lean recipe give the same `Q_adv`
+//! (docs/SPEC.md §8's sign rule) and the same `L_total`, on random batches, for the
 //! MLP and for a small-width ResNet-18 — and differ only in their side
 //! effects on the running statistics.
 
@@ -29,7 +29,7 @@ struct Diff {
     grads: f64,
 }
 
-/// SPEC 8's sign rule between two views made from the same start with
+/// docs/SPEC.md §8's sign rule between two views made from the same start with
 /// gradients `g_ref`: where `|g_ref| > 1e-6 max|g_ref|` the views must agree
 /// exactly; elsewhere they may differ by at most `2 eps`. Returns the
 /// largest difference at the strict entries and how many were excused.
@@ -89,7 +89,7 @@ fn compare<E: Encoder>(
     make: impl Fn() -> E,
     p: &Tensor,
     q: &Tensor,
-    cfg: ClaeConfig<f64>,
+    cfg: ClaeConfig,
 ) -> (Diff, StateDict<f64>, StateDict<f64>) {
     let (mut lean_enc, mut authors_enc) = (make(), make());
     let run = |enc: &mut E, recipe| -> (StepReport, Gradients) {

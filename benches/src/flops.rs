@@ -1,7 +1,7 @@
 //! Exact FLOP counts of the encoders, the losses and the training steps
-//! (SPEC 6), derived from the layer shapes.
+//! (docs/SPEC.md §6), derived from the layer shapes.
 //!
-//! SPEC 6 gives the *shape* of the cost model — `F` for a forward pass of one
+//! docs/SPEC.md §6 gives the *shape* of the cost model — `F` for a forward pass of one
 //! view, `B_w ≈ 2F` for a backward pass that fills parameter gradients,
 //! `B_x ≈ F` for a backward pass to the input only — and the ratios it
 //! implies (≈ 1.83 for the lean recipe, 2.5 and 3.0 for the authors'). This
@@ -15,7 +15,7 @@
 //!   of every layer *except the one that reads the images* unless the input
 //!   gradient itself is asked for (the adversarial view needs it; a training
 //!   step does not). That first-layer input gradient is why an MLP with a wide
-//!   input (`D_in = 3072`) is not at the SPEC's limit ratios;
+//!   input (`D_in = 3072`) is not at the docs/SPEC.md's limit ratios;
 //! * a step ([`StepKind`]) is a list of passes ([`Passes`]) — forwards,
 //!   backward passes of each kind, loss evaluations — plus one optimizer
 //!   update.
@@ -223,7 +223,7 @@ pub fn normalize(n: u64, d: u64) -> Cost {
     }
 }
 
-/// Which gradients a backward pass produces (SPEC 6's `B_w` and `B_x`).
+/// Which gradients a backward pass produces (docs/SPEC.md §6's `B_w` and `B_x`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackwardKind {
     /// Parameter gradients only (`B_w`): every weight gradient, every input
@@ -262,7 +262,7 @@ pub struct EncoderFlops {
 }
 
 impl EncoderFlops {
-    /// The dual-BN MLP of SPEC 2 for a batch of `n`:
+    /// The dual-BN MLP of docs/SPEC.md §2 for a batch of `n`:
     /// `L x (Linear → BatchNorm → ReLU)`, `Linear → ReLU → Linear`, L2 normalise.
     ///
     /// ```
@@ -553,7 +553,7 @@ fn push_head(layers: &mut Vec<Layer>, m: u64, fan_in: u64, h: u64, d: u64, reads
 /// Shape of a CIFAR-style ResNet with BasicBlocks: a 3x3 stride-1 stem (no
 /// max-pool), four stages whose first block strides by 2 (except the first
 /// stage) with a 1x1 convolution + BatchNorm shortcut where the shape
-/// changes, global average pooling, and the SPEC 2 head
+/// changes, global average pooling, and the docs/SPEC.md §2 head
 /// `Linear(512 -> h) → ReLU → Linear(h -> d)` with L2 normalisation.
 /// Every BatchNorm is dual (clean/adv); a pass uses one branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -670,7 +670,7 @@ impl OptimizerKind {
     }
 }
 
-/// A training step, by the passes it runs (SPEC 5 and 6).
+/// A training step, by the passes it runs (docs/SPEC.md §5 and 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StepKind {
     /// Plain contrastive step: no adversarial view.
@@ -741,7 +741,7 @@ impl StepKind {
         }
     }
 
-    /// SPEC 6's idealised ratio to a plain step (`B_w = 2F`, `B_x = F`,
+    /// docs/SPEC.md §6's idealised ratio to a plain step (`B_w = 2F`, `B_x = F`,
     /// loss and optimizer free): 11/6, 15/6 or 18/6.
     pub fn spec_ratio(self, loss: LossKind) -> f64 {
         let cost = |p: Passes| {
@@ -982,7 +982,7 @@ mod tests {
 
     /// With many equal, wide layers the first layer's input gradient, the
     /// elementwise layers, the loss and the optimizer all vanish next to the
-    /// matrix products, and the exact model tends to SPEC 6's 11/6, 15/6, 18/6.
+    /// matrix products, and the exact model tends to docs/SPEC.md §6's 11/6, 15/6, 18/6.
     #[test]
     fn ratios_approach_spec_in_the_large_layer_limit() {
         let enc = EncoderFlops::mlp(&MlpConfig::new(4096, 4096, 64, 128), 4096);
@@ -1005,7 +1005,7 @@ mod tests {
         assert!((enc.backward(BackwardKind::Input) as f64 / f - 1.0).abs() < 0.01);
     }
 
-    /// Away from the limit the exact model departs from SPEC's figures in the
+    /// Away from the limit the exact model departs from docs/SPEC.md's figures in the
     /// direction the first layer predicts: a wide input layer makes `B_w`
     /// cheaper than `2F`, so every CLAE step is relatively dearer.
     #[test]

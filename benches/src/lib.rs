@@ -4,7 +4,7 @@
 //!
 //! * [`flops`] — exact FLOP counts of the dual-BN MLP and the CIFAR
 //!   ResNet-18, layer by layer, and of the plain, lean and authors' training
-//!   steps (SPEC 6);
+//!   steps (docs/SPEC.md §6);
 //! * [`overhead`] — the overhead report (`scripts/report.sh`, binary
 //!   `overhead-report`): plain and CLAE steps measured side by side against
 //!   that FLOP model, GEMM peaks, losses, and the targets;

@@ -410,15 +410,12 @@ fn replication_defaults_keep_spec_values() {
     assert_eq!(o.methods, vec![Method::Plain, Method::Clae]);
     // The control differs from CLAE only in eps.
     let c = TrainConfig::digits(LossKind::Plain, Method::ClaeEps0);
-    assert_eq!(
-        (c.effective_eps(), c.clae_config::<f64>().adv.eps),
-        (0.0, 0.0)
-    );
+    assert_eq!((c.effective_eps(), c.clae_config().adv.eps), (0.0, 0.0));
     let c = TrainConfig {
         method: Method::Clae,
         ..c
     };
-    assert_eq!(c.clae_config::<f64>().adv.eps, 0.03);
+    assert_eq!(c.clae_config().adv.eps, 0.03);
     assert!(Options::parse(["--seeds".to_string(), "1".to_string()]).is_err());
     assert!(Options::parse(["--bogus".to_string()]).is_err());
     assert!(Options::parse(["--losses".to_string(), "plain,nope".to_string()]).is_err());
@@ -557,7 +554,7 @@ fn tch_backend_starts_where_the_reference_starts_and_takes_the_same_first_step()
                 torch.clae_step(p.view(), q.view()).unwrap(),
             ),
         };
-        // SPEC 8: f32 values of one step agree to 1e-4 relative.
+        // docs/SPEC.md §8: f32 values of one step agree to 1e-4 relative.
         for (a, b) in [(lr.total, lt.total), (lr.clean, lt.clean)] {
             assert!((a - b).abs() <= 1e-4 * a.abs(), "{method:?}: {a} vs {b}");
         }

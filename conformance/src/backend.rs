@@ -13,11 +13,11 @@ use clae_reference::{ClaeError, ErrorKind, Real};
 use ndarray::Array2;
 use std::marker::PhantomData;
 
-/// Why a backend call failed: the SPEC 7 kind when the input was bad (the
+/// Why a backend call failed: the docs/SPEC.md §7 kind when the input was bad (the
 /// suite requires both backends to agree on it), and the message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// SPEC 7 kind; `None` for a failure that is not about the input
+    /// docs/SPEC.md §7 kind; `None` for a failure that is not about the input
     /// (libtorch or device trouble), which always fails the suite.
     pub kind: Option<ErrorKind>,
     /// The error's message.
@@ -51,7 +51,7 @@ impl std::fmt::Display for Failure {
 /// Result of a backend call.
 pub type Result<T> = std::result::Result<T, Failure>;
 
-/// Floating-point precision a backend computes in (selects SPEC 8's tolerance).
+/// Floating-point precision a backend computes in (selects docs/SPEC.md §8's tolerance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Precision {
     /// `f32` (or CUDA `f32` with TF32 off).
@@ -81,7 +81,7 @@ pub enum StepKind {
         tau: f64,
     },
     /// CLAE step.
-    Clae(ClaeConfig<f64>),
+    Clae(ClaeConfig),
 }
 
 /// The result of several training steps.
@@ -112,7 +112,7 @@ pub trait Backend {
         z_q: &Array2<f64>,
         tau: f64,
     ) -> Result<LossOutput<f64>>;
-    /// SPEC 4's `g = d/dX L(sg(f_adv(P)), f_adv(X))`.
+    /// docs/SPEC.md §4's `g = d/dX L(sg(f_adv(P)), f_adv(X))`.
     fn input_gradient(
         &self,
         model: &Model,
@@ -121,7 +121,7 @@ pub trait Backend {
         kind: LossKind,
         tau: f64,
     ) -> Result<Array2<f64>>;
-    /// SPEC 4's `Q_adv` by a recipe, with the input gradient of every sign step.
+    /// docs/SPEC.md §4's `Q_adv` by a recipe, with the input gradient of every sign step.
     #[allow(clippy::too_many_arguments)]
     fn adversarial_view(
         &self,
@@ -130,7 +130,7 @@ pub trait Backend {
         q: &Array2<f64>,
         kind: LossKind,
         tau: f64,
-        adv: &AdvConfig<f64>,
+        adv: &AdvConfig,
         recipe: Recipe,
     ) -> Result<(Array2<f64>, Vec<Array2<f64>>)>;
     /// `batches.len()` training steps from `model` with a fresh optimizer.
@@ -166,22 +166,6 @@ fn to_f64<F: Real>(a: &Array2<F>) -> Array2<f64> {
     a.mapv(|v| v.as_f64())
 }
 
-fn adv_to_f<F: Real>(adv: &AdvConfig<f64>) -> AdvConfig<F> {
-    use clae_reference::adversarial::Attack;
-    AdvConfig {
-        eps: F::c(adv.eps),
-        start: adv.start,
-        attack: match adv.attack {
-            Attack::Fgsm => Attack::Fgsm,
-            Attack::Pgd { steps, eta } => Attack::Pgd {
-                steps,
-                eta: F::c(eta),
-            },
-        },
-        clamp: adv.clamp.map(|(lo, hi)| (F::c(lo), F::c(hi))),
-    }
-}
-
 impl<F: Real> Backend for Reference<F> {
     fn name(&self) -> String {
         format!("reference {}", F::NAME)
@@ -211,7 +195,7 @@ impl<F: Real> Backend for Reference<F> {
             kind,
             to_f::<F>(z_p).view(),
             to_f::<F>(z_q).view(),
-            F::c(tau),
+            tau,
         )?;
         Ok(LossOutput {
             value: out.value.as_f64(),
@@ -234,7 +218,7 @@ impl<F: Real> Backend for Reference<F> {
             to_f::<F>(p).view(),
             to_f::<F>(x).view(),
             kind,
-            F::c(tau),
+            tau,
         )?;
         Ok(to_f64(&g))
     }
@@ -246,27 +230,27 @@ impl<F: Real> Backend for Reference<F> {
         q: &Array2<f64>,
         kind: LossKind,
         tau: f64,
-        adv: &AdvConfig<f64>,
+        adv: &AdvConfig,
         recipe: Recipe,
     ) -> Result<(Array2<f64>, Vec<Array2<f64>>)> {
         let mut mlp = Self::mlp(model)?;
-        let (p, q, adv) = (to_f::<F>(p), to_f::<F>(q), adv_to_f::<F>(adv));
+        let (p, q) = (to_f::<F>(p), to_f::<F>(q));
         let view = match recipe {
             Recipe::Lean => clae_reference::adversarial::adversarial_view(
                 &mlp,
                 p.view(),
                 q.view(),
                 kind,
-                F::c(tau),
-                &adv,
+                tau,
+                adv,
             )?,
             Recipe::Authors => clae_reference::adversarial::adversarial_view_authors(
                 &mut mlp,
                 p.view(),
                 q.view(),
                 kind,
-                F::c(tau),
-                &adv,
+                tau,
+                adv,
             )?,
         };
         Ok((to_f64(&view.q_adv), view.grads.iter().map(to_f64).collect()))
@@ -286,18 +270,9 @@ impl<F: Real> Backend for Reference<F> {
             let (p, q) = (to_f::<F>(p), to_f::<F>(q));
             let r = match step {
                 StepKind::Plain { loss, tau } => {
-                    plain_step(&mut mlp, &mut opt, p.view(), q.view(), loss, F::c(tau))?
+                    plain_step(&mut mlp, &mut opt, p.view(), q.view(), loss, tau)?
                 }
-                StepKind::Clae(c) => {
-                    let cfg = ClaeConfig {
-                        loss: c.loss,
-                        tau: F::c(c.tau),
-                        alpha: F::c(c.alpha),
-                        adv: adv_to_f::<F>(&c.adv),
-                        recipe: c.recipe,
-                    };
-                    clae_step(&mut mlp, &mut opt, p.view(), q.view(), &cfg)?
-                }
+                StepKind::Clae(c) => clae_step(&mut mlp, &mut opt, p.view(), q.view(), &c)?,
             };
             reports.push(StepReport {
                 loss_clean: r.loss_clean.as_f64(),
@@ -334,7 +309,7 @@ impl Torch {
     }
 
     /// On the first CUDA device, if there is one (TF32 is switched off, as
-    /// SPEC 8 requires for conformance).
+    /// docs/SPEC.md §8 requires for conformance).
     pub fn cuda(precision: clae_accelerated::device::Precision) -> Option<Self> {
         if !clae_accelerated::device::cuda_available() {
             return None;
@@ -437,7 +412,7 @@ impl Backend for Torch {
         q: &Array2<f64>,
         kind: LossKind,
         tau: f64,
-        adv: &AdvConfig<f64>,
+        adv: &AdvConfig,
         recipe: Recipe,
     ) -> Result<(Array2<f64>, Vec<Array2<f64>>)> {
         let mut mlp = self.mlp(model)?;

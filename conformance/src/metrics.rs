@@ -1,4 +1,4 @@
-//! SPEC 8's error measures, the sign rule, and the table of largest errors
+//! docs/SPEC.md §8's error measures, the sign rule, and the table of largest errors
 //! a run prints at its end.
 
 use crate::backend::Precision;
@@ -25,10 +25,10 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> Option<f64> {
     Some(err_over(a, b, scale))
 }
 
-/// `max|a − b| / scale`, with SPEC 8's rule where `scale = 0` (`a` must
+/// `max|a − b| / scale`, with docs/SPEC.md §8's rule where `scale = 0` (`a` must
 /// then equal `b`: the error is 0 or infinite); a NaN anywhere gives an
 /// infinite error. [`rel_err`] is this with `scale = max|b|`; the suite
-/// passes a larger scale where SPEC 8's own cannot hold (see
+/// passes a larger scale where docs/SPEC.md §8's own cannot hold (see
 /// `conformance/README.md`).
 ///
 /// ```
@@ -80,7 +80,7 @@ pub fn nan_max(m: f64, x: f64) -> f64 {
     }
 }
 
-/// SPEC 8's tolerances.
+/// docs/SPEC.md §8's tolerances.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {
     /// Values and gradients after one step.
@@ -110,7 +110,7 @@ impl Tolerance {
     }
 }
 
-/// Outcome of comparing two sign patterns under SPEC 8's rule.
+/// Outcome of comparing two sign patterns under docs/SPEC.md §8's rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SignReport {
     /// Entries compared.
@@ -145,7 +145,7 @@ pub fn sign(x: f64) -> f64 {
     }
 }
 
-/// Entries where `|g_ref| <= threshold · max|g_ref|`: where SPEC 8 accepts
+/// Entries where `|g_ref| <= threshold · max|g_ref|`: where docs/SPEC.md §8 accepts
 /// either sign.
 pub fn below_threshold(g_ref: &Array2<f64>, threshold: f64) -> Array2<bool> {
     let max = g_ref.iter().fold(0.0f64, |m, v| m.max(v.abs()));

@@ -1,4 +1,4 @@
-//! Input validation shared by every public entry point (SPEC 7).
+//! Input validation shared by every public entry point (docs/SPEC.md §7).
 
 use crate::error::{ClaeError, Result};
 use crate::real::Real;
@@ -67,52 +67,189 @@ pub fn pair<F: Real>(
     batch(name_b, b, cols)
 }
 
-/// `tau` finite and `> 0`.
-pub fn tau<F: Real>(tau: F) -> Result<()> {
-    if tau.is_finite() && tau > F::zero() {
-        Ok(())
-    } else {
-        Err(ClaeError::InvalidTemperature {
-            value: tau.as_f64(),
-        })
+/// The domain of a scalar hyper-parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// Finite and `>= 0` (`eps`, `alpha`, `lr`, weight decay, PGD `eta`).
+    NonNegative,
+    /// Finite and `> 0` (`tau`, Adam `eps`, `eps_bn`).
+    Positive,
+    /// Finite and in `[0, 1)` (SGD momentum, Adam betas).
+    UnitInterval,
+    /// Finite and in `[0, 1]` (BatchNorm momentum).
+    ClosedUnit,
+    /// Any finite value (pixel-range bounds).
+    Finite,
+}
+
+impl Domain {
+    fn contains<F: Real>(self, x: F) -> bool {
+        x.is_finite()
+            && match self {
+                Domain::NonNegative => x >= F::zero(),
+                Domain::Positive => x > F::zero(),
+                Domain::UnitInterval => x >= F::zero() && x < F::one(),
+                Domain::ClosedUnit => x >= F::zero() && x <= F::one(),
+                Domain::Finite => true,
+            }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Domain::NonNegative => "finite and >= 0",
+            Domain::Positive => "finite and > 0",
+            Domain::UnitInterval => "finite and in [0, 1)",
+            Domain::ClosedUnit => "finite and in [0, 1]",
+            Domain::Finite => "finite",
+        }
     }
 }
 
-/// `x` finite and `>= 0` (eps, alpha, lr, weight decay, PGD eta, ...).
-pub fn non_negative<F: Real>(name: &str, x: F) -> Result<()> {
-    if x.is_finite() && x >= F::zero() {
-        Ok(())
+/// The one place a hyper-parameter enters the element type.
+///
+/// Hyper-parameters are given as `f64` (as PyTorch takes Python floats) and
+/// used as `F`. `x` must be in `domain` as given, and its value in `F` must
+/// be too, and must not have rounded a non-zero value to zero: `1e-50` is a
+/// valid Adam `eps` in `f64` but is `0` in `f32`, and `0.99999999` is a valid
+/// momentum that rounds to `1` in `f32`. Returns the value the computation
+/// uses.
+///
+/// ```
+/// use clae_reference::check::{hyper, Domain};
+/// assert_eq!(hyper::<f32>("lr", 0.5, Domain::NonNegative).unwrap(), 0.5);
+/// let e = hyper::<f32>("Adam eps", 1e-50, Domain::Positive).unwrap_err();
+/// assert!(e.to_string().contains("rounds to 0 in f32"));
+/// assert!(hyper::<f64>("Adam eps", 1e-50, Domain::Positive).is_ok());
+/// assert!(hyper::<f32>("beta2", 0.999999999, Domain::UnitInterval).is_err());
+/// ```
+pub fn hyper<F: Real>(name: &str, x: f64, domain: Domain) -> Result<F> {
+    let bad = |expected: String| ClaeError::InvalidHyperParameter {
+        name: name.to_string(),
+        expected,
+        value: x,
+    };
+    if !domain.contains(x) {
+        return Err(bad(domain.describe().to_string()));
+    }
+    let v = F::c(x);
+    if !v.is_finite() {
+        return Err(bad(format!(
+            "{} in {} (it overflows to {v})",
+            domain.describe(),
+            F::NAME
+        )));
+    }
+    if x != 0.0 && v == F::zero() {
+        return Err(bad(format!(
+            "{} in {} (it rounds to 0 in {})",
+            domain.describe(),
+            F::NAME,
+            F::NAME
+        )));
+    }
+    if !domain.contains(v) {
+        return Err(bad(format!(
+            "{} in {} (it rounds to {v})",
+            domain.describe(),
+            F::NAME
+        )));
+    }
+    Ok(v)
+}
+
+/// `tau` finite and `> 0` in `F` ([`hyper`], with its own error kind).
+///
+/// ```
+/// use clae_reference::check::tau;
+/// assert_eq!(tau::<f64>(0.1).unwrap(), 0.1);
+/// assert!(tau::<f64>(0.0).is_err() && tau::<f32>(1e-60).is_err());
+/// ```
+pub fn tau<F: Real>(tau: f64) -> Result<F> {
+    hyper::<F>("tau", tau, Domain::Positive)
+        .map_err(|_| ClaeError::InvalidTemperature { value: tau })
+}
+
+/// `max |a|` over all entries (0 for an empty array), or
+/// [`ClaeError::NonFinite`] at the first NaN or infinity. One pass: the
+/// finiteness check and the magnitude the optimizer's overflow guard needs.
+///
+/// ```
+/// use ndarray::array;
+/// use clae_reference::check::max_abs;
+/// assert_eq!(max_abs("x", array![1.0, -3.0].view()).unwrap(), 3.0);
+/// assert!(max_abs("x", array![1.0, f64::NAN].view()).is_err());
+/// ```
+pub fn max_abs<F: Real, D: Dimension>(what: &str, a: ArrayView<'_, F, D>) -> Result<f64> {
+    let mut m = F::zero();
+    let mut finite_all = true;
+    for &v in a.iter() {
+        let v = v.abs();
+        // `!(v <= MAX)` is true for NaN and inf
+        finite_all &= v <= F::max_value();
+        m = if v > m { v } else { m };
+    }
+    if finite_all {
+        Ok(m.as_f64())
     } else {
-        Err(ClaeError::InvalidHyperParameter {
-            name: name.to_string(),
-            expected: "finite and >= 0".to_string(),
-            value: x.as_f64(),
-        })
+        finite(what, a).map(|_| f64::NAN)
     }
 }
 
-/// `x` finite and in `[0, 1)` (momenta, Adam betas).
-pub fn unit_interval<F: Real>(name: &str, x: F) -> Result<()> {
-    if x.is_finite() && x >= F::zero() && x < F::one() {
-        Ok(())
-    } else {
-        Err(ClaeError::InvalidHyperParameter {
-            name: name.to_string(),
-            expected: "finite and in [0, 1)".to_string(),
-            value: x.as_f64(),
-        })
+/// The number of elements of a tensor of shape `dims`, checked so that the
+/// tensor can be addressed: no overflow, and at most `isize::MAX` bytes of
+/// `f64` (what `ndarray` and libtorch allocate through).
+///
+/// ```
+/// use clae_reference::check::elements;
+/// assert_eq!(elements("W", &[3, 4]).unwrap(), 12);
+/// assert!(elements("W", &[usize::MAX, 2]).is_err());
+/// ```
+pub fn elements(what: &str, dims: &[usize]) -> Result<usize> {
+    let limit = isize::MAX as usize / std::mem::size_of::<f64>();
+    let mut n: usize = 1;
+    for &d in dims {
+        n = n
+            .checked_mul(d)
+            .filter(|&n| n <= limit)
+            .ok_or_else(|| ClaeError::TooLarge {
+                what: what.to_string(),
+                detail: format!(
+                    "shape {dims:?} has more elements than can be addressed (at most {limit})"
+                ),
+            })?;
     }
+    Ok(n)
 }
 
-/// `x` finite and `> 0` (Adam eps, BatchNorm eps).
-pub fn positive<F: Real>(name: &str, x: F) -> Result<()> {
-    if x.is_finite() && x > F::zero() {
-        Ok(())
-    } else {
-        Err(ClaeError::InvalidHyperParameter {
-            name: name.to_string(),
-            expected: "finite and > 0".to_string(),
-            value: x.as_f64(),
+/// Whether the system would give `len` values of `F` at once: a
+/// reservation made and released before anything is built, so that a
+/// structure too large for this machine is [`ClaeError::TooLarge`] rather
+/// than an abort halfway through building it.
+pub fn allocatable<F>(what: &str, len: usize) -> Result<()> {
+    let bytes = len
+        .checked_mul(std::mem::size_of::<F>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| ClaeError::TooLarge {
+            what: what.to_string(),
+            detail: format!("{len} elements cannot be addressed"),
+        })?;
+    let mut probe: Vec<u8> = Vec::new();
+    probe
+        .try_reserve_exact(bytes)
+        .map_err(|e| ClaeError::TooLarge {
+            what: what.to_string(),
+            detail: format!("allocating {len} elements ({bytes} bytes) failed ({e})"),
         })
-    }
+}
+
+/// A vector of `len` values from `fill`, allocated fallibly: an allocation
+/// the system refuses is [`ClaeError::TooLarge`], not an abort.
+pub(crate) fn try_filled<F>(what: &str, len: usize, mut fill: impl FnMut() -> F) -> Result<Vec<F>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|e| ClaeError::TooLarge {
+        what: what.to_string(),
+        detail: format!("allocating {len} elements failed ({e})"),
+    })?;
+    v.extend(std::iter::repeat_with(&mut fill).take(len));
+    Ok(v)
 }

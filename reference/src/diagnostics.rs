@@ -84,17 +84,22 @@ pub fn alignment<F: Real>(
             what: "number of pairs".into(),
         });
     }
-    check::positive("alignment exponent", alpha)?;
+    check::hyper::<f64>("alignment exponent", alpha, check::Domain::Positive)?;
     check::finite("z_p", z_p)?;
     check::finite("z_q", z_q)?;
     let d = (&z_p.mapv(|v| v.as_f64()) - &z_q.mapv(|v| v.as_f64())).mapv(|v| v * v);
     let per_pair = d.sum_axis(Axis(1)).mapv(|s| s.sqrt().powf(alpha));
-    Ok(per_pair.mean().unwrap_or(0.0))
+    let a = per_pair.mean().unwrap_or(0.0);
+    if !a.is_finite() {
+        return Err(overflow("the alignment exponent", "the alignment"));
+    }
+    Ok(a)
 }
 
 /// Uniformity `log E_{i<j} exp(−t ‖z_i − z_j‖²)` over distinct pairs
 /// (Wang & Isola use `t = 2`). Needs `N >= 2`. Lower is more uniform.
-/// Computed with the log-sum-exp trick.
+/// Computed with the log-sum-exp trick; [`ClaeError::Overflow`] when `t` is
+/// so large that the result is below `f64`'s range.
 ///
 /// ```
 /// use ndarray::array;
@@ -105,9 +110,10 @@ pub fn alignment<F: Real>(
 /// ```
 pub fn uniformity<F: Real>(z: ArrayView2<'_, F>, t: f64) -> Result<f64> {
     check::batch("embedding batch", z, None)?;
-    check::positive("uniformity temperature t", t)?;
+    check::hyper::<f64>("uniformity temperature t", t, check::Domain::Positive)?;
     let z64: Array2<f64> = z.mapv(|v| v.as_f64());
     let n = z64.nrows();
+    check::elements("pairs of the embedding batch", &[n, n])?;
     let mut exponents = Vec::with_capacity(n * (n - 1) / 2);
     for i in 0..n {
         for j in (i + 1)..n {
@@ -120,7 +126,22 @@ pub fn uniformity<F: Real>(z: ArrayView2<'_, F>, t: f64) -> Result<f64> {
             exponents.push(-t * d2);
         }
     }
+    // log-sum-exp: every exponent is <= 0; the largest one is subtracted.
+    // When even it is −inf (t‖z_i − z_j‖² overflows for every pair) the
+    // uniformity is a finite but unrepresentably negative number.
     let m = exponents.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let mean = exponents.iter().map(|e| (e - m).exp()).sum::<f64>() / exponents.len() as f64;
-    Ok(m + mean.ln())
+    let u = m + mean.ln();
+    if !u.is_finite() {
+        return Err(overflow("the uniformity temperature t", "the uniformity"));
+    }
+    Ok(u)
+}
+
+fn overflow(cause: &str, quantity: &str) -> ClaeError {
+    ClaeError::Overflow {
+        cause: cause.to_string(),
+        quantity: quantity.to_string(),
+        precision: "f64".to_string(),
+    }
 }

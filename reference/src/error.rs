@@ -1,4 +1,4 @@
-//! Typed errors (SPEC 7): every public function validates its input and
+//! Typed errors (docs/SPEC.md §7): every public function validates its input and
 //! returns one of these instead of panicking or producing NaN.
 
 use thiserror::Error;
@@ -55,7 +55,7 @@ pub enum ClaeError {
     /// `lr`, momentum, Adam betas, BatchNorm momentum, PGD step size ...).
     #[error("{name} must be {expected}, got {value}")]
     InvalidHyperParameter {
-        /// Parameter name as in SPEC.md (`eps`, `alpha`, `lr`, ...).
+        /// Parameter name as in docs/SPEC.md (`eps`, `alpha`, `lr`, ...).
         name: String,
         /// Its domain in words, e.g. "finite and >= 0".
         expected: String,
@@ -87,6 +87,29 @@ pub enum ClaeError {
         /// What is missing or unexpected.
         message: String,
     },
+    /// Valid, finite input whose result is not representable in the element
+    /// type: a value overflowed (e.g. a batch of huge values whose BatchNorm
+    /// variance exceeds `f32::MAX`, or logits `<Z_P, Z_Q> / tau` beyond the
+    /// range). Nothing was changed.
+    #[error("{quantity} is not representable in {precision} (caused by {cause}); scale the input down, raise tau, or use f64")]
+    Overflow {
+        /// The input (or hyper-parameter) responsible, e.g. `P`, `Z_P, Z_Q and tau`.
+        cause: String,
+        /// What overflowed, e.g. `batch variance of backbone block 0`.
+        quantity: String,
+        /// `f32` or `f64`.
+        precision: String,
+    },
+    /// Sizes whose tensors cannot be addressed: an element count (or its
+    /// size in bytes) beyond `isize::MAX`, or an allocation the system
+    /// refused. Checked before anything is allocated.
+    #[error("{what} is too large: {detail}")]
+    TooLarge {
+        /// Which tensor or size.
+        what: String,
+        /// The sizes involved.
+        detail: String,
+    },
 }
 
 /// The kind of a [`ClaeError`], without its payload: what the conformance
@@ -109,6 +132,10 @@ pub enum ErrorKind {
     NonFinite,
     /// [`ClaeError::InvalidState`]
     InvalidState,
+    /// [`ClaeError::Overflow`]
+    Overflow,
+    /// [`ClaeError::TooLarge`]
+    TooLarge,
 }
 
 impl ClaeError {
@@ -123,6 +150,8 @@ impl ClaeError {
             ClaeError::InvalidRange { .. } => ErrorKind::InvalidRange,
             ClaeError::NonFinite { .. } => ErrorKind::NonFinite,
             ClaeError::InvalidState { .. } => ErrorKind::InvalidState,
+            ClaeError::Overflow { .. } => ErrorKind::Overflow,
+            ClaeError::TooLarge { .. } => ErrorKind::TooLarge,
         }
     }
 }

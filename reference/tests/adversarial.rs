@@ -1,4 +1,4 @@
-//! What the adversarial view means (SPEC 4): one sign pattern per image,
+//! What the adversarial view means (docs/SPEC.md §4): one sign pattern per image,
 //! each `g_i` driven by every anchor `W_k` through the softmax denominator,
 //! a first-order increase of the loss, PGD as iterated projected sign steps,
 //! and the side effects (none for the lean recipe; the authors' documented

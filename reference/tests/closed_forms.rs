@@ -1,4 +1,4 @@
-//! Closed forms: values derived by hand in the test from SPEC's formulas
+//! Closed forms: values derived by hand in the test from docs/SPEC.md's formulas
 //! (never numbers the code printed), and exact identities between code paths
 //! (`eps = 0`, `alpha = 0`, PGD with one step, authors' vs lean recipe).
 
@@ -266,7 +266,7 @@ fn pgd_with_one_step_of_size_eps_equals_fgsm_exactly() {
 
 #[test]
 fn fgsm_is_q_start_plus_eps_sign_g() {
-    // SPEC 4 written out: Q_adv = Q_start + eps * sign(g), with g from
+    // docs/SPEC.md §4 written out: Q_adv = Q_start + eps * sign(g), with g from
     // input_gradient, then the optional clamp.
     let (mlp, p, q) = setup(43);
     let eps = 0.05;
@@ -312,7 +312,7 @@ fn fgsm_is_q_start_plus_eps_sign_g() {
     }
 }
 
-/// SPEC 8's sign rule: `a` and `b` may differ only where `|g| <= 1e-6 max|g|`,
+/// docs/SPEC.md §8's sign rule: `a` and `b` may differ only where `|g| <= 1e-6 max|g|`,
 /// and there by at most `2 eps`. Returns how many entries were excused.
 fn assert_sign_rule(a: &Array2<f64>, b: &Array2<f64>, g: &Array2<f64>, eps: f64) -> usize {
     let gmax = max_abs(g);
@@ -364,7 +364,7 @@ fn authors_recipe_gives_the_same_view_as_the_lean_one() {
 fn authors_recipe_gives_the_same_step_as_the_lean_one() {
     for kind in LossKind::ALL {
         let (mlp, p, q) = setup(45);
-        let lean_cfg = ClaeConfig::<f64>::paper(kind);
+        let lean_cfg = ClaeConfig::paper(kind);
         let authors_cfg = ClaeConfig {
             recipe: Recipe::Authors,
             ..lean_cfg
@@ -388,7 +388,7 @@ fn authors_recipe_gives_the_same_step_as_the_lean_one() {
         );
         assert!(rel_err_scalar(auth.total, lean.total) < 1e-12, "{kind}");
         assert!(rel_err_scalar(auth.loss_clean, lean.loss_clean) < 1e-12);
-        let e = grad_set_err(&auth_grads.tensors, &lean_grads.tensors);
+        let e = grad_set_err(&owned(&auth_grads), &owned(&lean_grads));
         assert!(e < 1e-12, "{kind}: gradients differ by {e:e}");
         // and after a whole optimizer step the parameters agree
         let mut m_lean = mlp.clone();
@@ -428,7 +428,7 @@ fn running_statistics_follow_the_documented_order_of_each_recipe() {
             let (mlp, p, q) = setup(46);
             let cfg = ClaeConfig {
                 recipe,
-                ..ClaeConfig::<f64>::paper(kind)
+                ..ClaeConfig::paper(kind)
             };
             let mut stepped = mlp.clone();
             let (report, _) = clae_gradients(&mut stepped, p.view(), q.view(), &cfg).unwrap();
@@ -520,7 +520,7 @@ fn alpha_zero_clae_step_equals_plain_step_exactly() {
             OptimizerConfig::authors_adam(),
         ] {
             let (mlp, p, q) = setup(48);
-            let mut cfg = ClaeConfig::<f64>::paper(kind);
+            let mut cfg = ClaeConfig::paper(kind);
             cfg.alpha = 0.0;
             let mut m_plain = mlp.clone();
             let mut m_clae = mlp.clone();
@@ -528,7 +528,7 @@ fn alpha_zero_clae_step_equals_plain_step_exactly() {
             let mut o_clae = Optimizer::new(opt_cfg, &m_clae).unwrap();
             // the adversarial term's gradients are exactly zero
             let (_, g) = clae_gradients(&mut mlp.clone(), p.view(), q.view(), &cfg).unwrap();
-            for (name, t) in mlp.parameter_names().iter().zip(&g.tensors) {
+            for (name, t) in mlp.parameter_names().iter().zip(&owned(&g)) {
                 if name.contains(".bn.adv.") {
                     assert!(t.as_ref().unwrap().iter().all(|&v| v == 0.0), "{name}");
                 }

@@ -1,6 +1,6 @@
-//! SPEC 7: every bad input gives a typed error — never a panic, never a NaN —
+//! docs/SPEC.md §7: every bad input gives a typed error — never a panic, never a NaN —
 //! from every public entry point that reads it, and leaves the encoder and
-//! the optimizer as they were. One test per error case of SPEC 7.
+//! the optimizer as they were. One test per error case of docs/SPEC.md §7.
 
 mod common;
 
@@ -8,7 +8,7 @@ use clae_reference::adversarial::{
     adversarial_view, adversarial_view_authors, input_gradient, AdvConfig, Attack,
 };
 use clae_reference::diagnostics::{alignment, effective_rank, singular_values, uniformity};
-use clae_reference::encoder::{Branch, Mlp, MlpConfig, MlpGrads, Mode, Need};
+use clae_reference::encoder::{Branch, Mlp, MlpConfig, MlpGrads, Mode};
 use clae_reference::loss::{loss_forward_backward, loss_value, LossKind};
 use clae_reference::optim::{Optimizer, OptimizerConfig};
 use clae_reference::rng::Rng;
@@ -58,7 +58,7 @@ fn all_steps_fail(
     label: &str,
     m: &Mlp<f64>,
     (p, q): (&Array2<f64>, &Array2<f64>),
-    cfg: &ClaeConfig<f64>,
+    cfg: &ClaeConfig,
     kind: ErrorKind,
     needle: &str,
     plain_too: bool,
@@ -115,7 +115,7 @@ fn same(a: &Mlp<f64>, b: &Mlp<f64>) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
 
-fn paper(kind: LossKind) -> ClaeConfig<f64> {
+fn paper(kind: LossKind) -> ClaeConfig {
     ClaeConfig::paper(kind)
 }
 
@@ -193,12 +193,8 @@ fn shape_mismatch_with_the_encoder() {
     // backward: dz of the wrong shape, and a cache from another encoder
     let (p, _) = views(6);
     let fwd = m.forward(p.view(), Mode::Train(Branch::Clean)).unwrap();
-    let need = Need {
-        params: true,
-        input: true,
-    };
     expect_err("backward dz", ErrorKind::ShapeMismatch, "dL/dz", || {
-        m.backward(&fwd, Array2::zeros((6, 4)).view(), need)
+        m.backward_with_input(&fwd, Array2::zeros((6, 4)).view())
     });
     let other = Mlp::<f64>::new(MlpConfig::new(D_IN, 9, 2, 3), 0).unwrap();
     let other_fwd = other.forward(p.view(), Mode::Train(Branch::Clean)).unwrap();
@@ -206,7 +202,7 @@ fn shape_mismatch_with_the_encoder() {
         "backward with another encoder's cache",
         ErrorKind::InvalidState,
         "cache",
-        || m.backward(&other_fwd, Array2::zeros((6, 3)).view(), need),
+        || m.backward_with_input(&other_fwd, Array2::zeros((6, 3)).view()),
     );
     let mut mm = m.clone();
     expect_err(
@@ -276,7 +272,7 @@ fn shape_mismatch_with_the_encoder() {
         "optimizer for another depth",
         ErrorKind::InvalidState,
         "optimizer",
-        || opt.step(&mut mm, &MlpGrads::empty(&shallow)),
+        || opt.step(&mut mm, &MlpGrads::none(&shallow)),
     );
 }
 
@@ -409,7 +405,7 @@ fn temperature_not_finite_or_not_positive() {
         // f32 too
         let z32 = z.mapv(|v| v as f32);
         expect_err("f32 loss", ErrorKind::InvalidTemperature, "tau", || {
-            loss_value(LossKind::Uel, z32.view(), z32.view(), tau as f32)
+            loss_value(LossKind::Uel, z32.view(), z32.view(), tau)
         });
     }
 }
@@ -607,14 +603,7 @@ fn non_finite_values_in_inputs() {
         let mut dz = Array2::<f64>::zeros((4, 3));
         dz[[0, 0]] = bad;
         expect_err("backward dz", ErrorKind::NonFinite, "dL/dz", || {
-            m.backward(
-                &fwd,
-                dz.view(),
-                Need {
-                    params: true,
-                    input: false,
-                },
-            )
+            m.backward(&fwd, dz.view())
         });
         let mut z = unit_rows(&mut Rng::new(4), 4, 3);
         z[[0, 1]] = bad;
@@ -695,7 +684,7 @@ fn non_finite_values_in_parameters_and_buffers() {
     let mut m = mlp();
     let (_, mut grads) =
         plain_gradients(&mut m.clone(), p.view(), q.view(), LossKind::Plain, 0.1).unwrap();
-    grads.tensors[3].as_mut().unwrap().as_slice_mut().unwrap()[0] = f64::NAN;
+    grads.backbone[0].bn.clean.beta.as_mut().unwrap()[0] = f64::NAN;
     let mut opt = sgd(&m);
     let before = m.clone();
     expect_err(

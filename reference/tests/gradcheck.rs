@@ -1,192 +1,32 @@
 //! Finite-difference checks in f64 of every analytic backward pass of the
-//! reference: each layer, each loss w.r.t. both embedding sets, the encoder
+//! reference (each layer's are unit tests in `src/layers/gradcheck.rs`):
+//! each loss w.r.t. both embedding sets, the encoder
 //! (input and parameters, both BatchNorm branches and evaluation mode), the
 //! adversarial input gradient `g`, and the parameter gradients of plain and
 //! CLAE steps.
 //!
 //! Central differences with a step of `1e-6` relative to the tensor's scale;
-//! the error of a tensor is `max|analytic − fd| / max|fd|` (SPEC 8) and must
+//! the error of a tensor is `max|analytic − fd| / max|fd|` (docs/SPEC.md §8) and must
 //! be below `1e-6`. Every check prints its error on a `FD-CHECK` line
 //! (`cargo test -p clae-reference --test gradcheck -- --nocapture`).
 
 mod common;
 
 use clae_reference::adversarial::input_gradient;
-use clae_reference::encoder::{Branch, Mlp, MlpConfig, Mode, Need};
-use clae_reference::layers::{
-    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, l2_normalize_backward,
-    l2_normalize_forward, linear_backward, linear_forward, relu_backward, relu_forward,
-    NORMALIZE_EPS,
-};
+use clae_reference::encoder::{Branch, Mlp, MlpConfig, Mode};
 use clae_reference::loss::{loss_forward_backward, loss_value, LossKind};
 use clae_reference::rng::Rng;
 use clae_reference::step::{clae_gradients, plain_gradients, ClaeConfig};
 use common::*;
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 
 /// Relative finite-difference step.
 const H: f64 = 1e-6;
 
-fn randv(rng: &mut Rng, n: usize) -> Array1<f64> {
-    Array1::from_shape_simple_fn(n, || rng.normal())
-}
-
-// ---------------------------------------------------------------- layers --
-
-#[test]
-fn linear_backward_matches_finite_differences() {
-    let mut rng = Rng::new(11);
-    let (x, w, b) = (
-        randn(&mut rng, 5, 4),
-        randn(&mut rng, 3, 4),
-        randv(&mut rng, 3),
-    );
-    let r = randn(&mut rng, 5, 3);
-    let f = |x: &Array2<f64>, w: &Array2<f64>, b: &Array1<f64>| {
-        (linear_forward(x.view(), w.view(), b.view()) * &r).sum()
-    };
-    let g = linear_backward(x.view(), w.view(), r.view(), true, true);
-    let ex = rel_err(&g.x.unwrap(), &fd_gradient(&x, H, |x| f(x, &w, &b)));
-    let ew = rel_err(&g.weight.unwrap(), &fd_gradient(&w, H, |w| f(&x, w, &b)));
-    let eb = rel_err(&g.bias.unwrap(), &fd_gradient(&b, H, |b| f(&x, &w, b)));
-    report_fd("linear dx", ex);
-    report_fd("linear dW", ew);
-    report_fd("linear db", eb);
-}
-
-#[test]
-fn batchnorm_train_backward_matches_finite_differences() {
-    // Columns with different means and spreads, N = 6: the batch-statistics
-    // path (every row's output depends on every row) is exercised.
-    let mut rng = Rng::new(12);
-    let mut x = randn(&mut rng, 6, 4);
-    for (j, mut col) in x.columns_mut().into_iter().enumerate() {
-        col.mapv_inplace(|v| (0.5 + j as f64) * v + j as f64 - 1.5);
-    }
-    let gamma = randv(&mut rng, 4).mapv(|v| 1.0 + 0.3 * v);
-    let beta = randv(&mut rng, 4);
-    let r = randn(&mut rng, 6, 4);
-    let eps_bn = 1e-5;
-    let f = |x: &Array2<f64>, gamma: &Array1<f64>, beta: &Array1<f64>| {
-        (batchnorm_forward_train(x.view(), gamma.view(), beta.view(), eps_bn).0 * &r).sum()
-    };
-    let (_, cache, _) = batchnorm_forward_train(x.view(), gamma.view(), beta.view(), eps_bn);
-    assert!(cache.batch_stats);
-    let (dx, dgamma, dbeta) = batchnorm_backward(r.view(), gamma.view(), &cache);
-    report_fd(
-        "batchnorm train dx (batch statistics)",
-        rel_err(&dx, &fd_gradient(&x, H, |x| f(x, &gamma, &beta))),
-    );
-    report_fd(
-        "batchnorm train dgamma",
-        rel_err(&dgamma, &fd_gradient(&gamma, H, |g| f(&x, g, &beta))),
-    );
-    report_fd(
-        "batchnorm train dbeta",
-        rel_err(&dbeta, &fd_gradient(&beta, H, |b| f(&x, &gamma, b))),
-    );
-}
-
-#[test]
-fn batchnorm_eval_backward_matches_finite_differences() {
-    let mut rng = Rng::new(13);
-    let x = randn(&mut rng, 5, 3);
-    let gamma = randv(&mut rng, 3).mapv(|v| 1.0 + 0.3 * v);
-    let beta = randv(&mut rng, 3);
-    let mean = randv(&mut rng, 3);
-    let var = randv(&mut rng, 3).mapv(|v| 0.5 + v * v);
-    let r = randn(&mut rng, 5, 3);
-    let f = |x: &Array2<f64>, gamma: &Array1<f64>, beta: &Array1<f64>| {
-        let (y, _) = batchnorm_forward_eval(
-            x.view(),
-            gamma.view(),
-            beta.view(),
-            mean.view(),
-            var.view(),
-            1e-5,
-        );
-        (y * &r).sum()
-    };
-    let (_, cache) = batchnorm_forward_eval(
-        x.view(),
-        gamma.view(),
-        beta.view(),
-        mean.view(),
-        var.view(),
-        1e-5,
-    );
-    assert!(!cache.batch_stats);
-    let (dx, dgamma, dbeta) = batchnorm_backward(r.view(), gamma.view(), &cache);
-    report_fd(
-        "batchnorm eval dx",
-        rel_err(&dx, &fd_gradient(&x, H, |x| f(x, &gamma, &beta))),
-    );
-    report_fd(
-        "batchnorm eval dgamma",
-        rel_err(&dgamma, &fd_gradient(&gamma, H, |g| f(&x, g, &beta))),
-    );
-    report_fd(
-        "batchnorm eval dbeta",
-        rel_err(&dbeta, &fd_gradient(&beta, H, |b| f(&x, &gamma, b))),
-    );
-}
-
-#[test]
-fn relu_backward_matches_finite_differences_away_from_the_kink() {
-    let mut rng = Rng::new(14);
-    // every entry at least 0.1 away from 0
-    let x = randn(&mut rng, 6, 5).mapv(|v| v + 0.1 * v.signum());
-    let r = randn(&mut rng, 6, 5);
-    let y = relu_forward(x.view());
-    let dx = relu_backward(y.view(), r.view());
-    let fd = fd_gradient(&x, H, |x| (relu_forward(x.view()) * &r).sum());
-    report_fd("relu dx", rel_err(&dx, &fd));
-}
-
-#[test]
-fn l2_normalize_backward_matches_finite_differences() {
-    let mut rng = Rng::new(15);
-    // rows with norms spread over two decades
-    let mut u = randn(&mut rng, 5, 4);
-    for (i, mut row) in u.rows_mut().into_iter().enumerate() {
-        row *= [0.1, 0.5, 1.0, 3.0, 10.0][i];
-    }
-    let r = randn(&mut rng, 5, 4);
-    let z = l2_normalize_forward(u.view(), NORMALIZE_EPS);
-    let du = l2_normalize_backward(u.view(), z.view(), r.view(), NORMALIZE_EPS);
-    let fd = fd_gradient(&u, H, |u| {
-        (l2_normalize_forward(u.view(), NORMALIZE_EPS) * &r).sum()
-    });
-    report_fd("l2 normalize du", rel_err(&du, &fd));
-}
-
-#[test]
-fn l2_normalize_backward_below_the_clamp_matches_finite_differences() {
-    // Rows with ‖u‖ < 1e-12: z = u / 1e-12 is linear there. Checked as its
-    // own tensor (its gradient is ~1e12, it would hide the other rows').
-    let mut rng = Rng::new(16);
-    let u = randn(&mut rng, 3, 4).mapv(|v| v * 1e-13);
-    for row in u.rows() {
-        assert!(row.dot(&row).sqrt() < NORMALIZE_EPS);
-    }
-    let r = randn(&mut rng, 3, 4);
-    let z = l2_normalize_forward(u.view(), NORMALIZE_EPS);
-    let du = l2_normalize_backward(u.view(), z.view(), r.view(), NORMALIZE_EPS);
-    let fd = fd_gradient(&u, H * 1e-13, |u| {
-        (l2_normalize_forward(u.view(), NORMALIZE_EPS) * &r).sum()
-    });
-    report_fd(
-        "l2 normalize du, rows below the 1e-12 clamp",
-        rel_err(&du, &fd),
-    );
-    // and it is dz / eps exactly
-    assert_eq!(du, r.mapv(|v| v / NORMALIZE_EPS));
-}
-
 // ---------------------------------------------------------------- losses --
 
 /// FD of a loss w.r.t. both embedding sets. Plain and SimCLR are true
-/// scalars; UEL is differentiated with its right factors frozen (SPEC 3.3):
+/// scalars; UEL is differentiated with its right factors frozen (docs/SPEC.md §3.3):
 /// the scalar is the naive criterion with left factors `[Z_P; Z_Q]` varying
 /// and right factors fixed at the evaluation point.
 fn loss_fd_errors(kind: LossKind, z_p: &Array2<f64>, z_q: &Array2<f64>, tau: f64) -> (f64, f64) {
@@ -326,7 +166,7 @@ fn normalize(mut z: Array2<f64>) -> Array2<f64> {
 
 #[test]
 fn simclr_gradient_on_unit_rows_is_the_tangential_dot_product_gradient() {
-    // SPEC 3.2: on unit-norm inputs, dL/dZ is the plain-dot-product gradient
+    // docs/SPEC.md §3.2: on unit-norm inputs, dL/dZ is the plain-dot-product gradient
     // with each row's radial component removed. The dot-product gradient is
     // taken by finite differences of the naive loss *without* normalisation.
     let mut rng = Rng::new(23);
@@ -395,28 +235,18 @@ fn encoder_backward_matches_finite_differences_in_every_mode() {
         }
         let r = randn(&mut Rng::new(5), 6, 4);
         let fwd = mlp.forward(x.view(), mode).unwrap();
-        let back = mlp
-            .backward(
-                &fwd,
-                r.view(),
-                Need {
-                    params: true,
-                    input: true,
-                },
-            )
-            .unwrap();
+        let (grads, back_input) = mlp.backward_with_input(&fwd, r.view()).unwrap();
         let value =
             |m: &Mlp<f64>, x: &Array2<f64>| (m.forward(x.view(), mode).unwrap().z * &r).sum();
         let fd_x = fd_gradient(x, H, |x| value(&mlp, x));
         report_fd(
             &format!("encoder dz->dx, {label}"),
-            rel_err(&back.input.unwrap(), &fd_x),
+            rel_err(&back_input, &fd_x),
         );
         let fd_theta = fd_param_gradients(&mlp, H, |m| value(m, x));
-        let grads = back.params.unwrap();
         // the branch that was not used has no gradient
         let names = mlp.parameter_names();
-        for (name, g) in names.iter().zip(&grads.tensors) {
+        for (name, g) in names.iter().zip(&owned(&grads)) {
             let other = match mode {
                 Mode::Train(Branch::Adv) => ".bn.clean.",
                 _ => ".bn.adv.",
@@ -428,7 +258,7 @@ fn encoder_backward_matches_finite_differences_in_every_mode() {
         let e = compare_param_grads(
             &format!("encoder {label}"),
             &names,
-            &grads.tensors,
+            &owned(&grads),
             &fd_theta,
         );
         report_fd(&format!("encoder dz->dθ (all tensors), {label}"), e);
@@ -488,7 +318,7 @@ fn plain_step_parameter_gradients_match_finite_differences() {
         let fd = fd_param_gradients(&mlp, H, |m| {
             pair_loss(kind, clean(m, p).view(), clean(m, q).view(), &right, tau)
         });
-        let e = compare_param_grads(&format!("plain step {kind}"), &names, &grads.tensors, &fd);
+        let e = compare_param_grads(&format!("plain step {kind}"), &names, &owned(&grads), &fd);
         report_fd(&format!("plain step dL/dθ, {kind}"), e);
     }
 }
@@ -499,7 +329,7 @@ fn clae_step_parameter_gradients_match_finite_differences() {
     // with Q_adv held at the value the step computed (sign(g) is piecewise
     // constant; the generation pass is not differentiated).
     for kind in LossKind::ALL {
-        let mut cfg = ClaeConfig::<f64>::paper(kind);
+        let mut cfg = ClaeConfig::paper(kind);
         cfg.alpha = 0.7;
         cfg.adv.eps = 0.05;
         // a seed whose P, Q (clean) and Q_adv (adv) passes are all kink-free
@@ -553,12 +383,12 @@ fn clae_step_parameter_gradients_match_finite_differences() {
         let e = compare_param_grads(
             &format!("clae step {kind}"),
             &mlp.parameter_names(),
-            &grads.tensors,
+            &owned(&grads),
             &fd,
         );
         report_fd(&format!("clae step dL_total/dθ (Q_adv fixed), {kind}"), e);
         // every adv BN affine parameter got a (non-zero) gradient
-        for (name, g) in mlp.parameter_names().iter().zip(&grads.tensors) {
+        for (name, g) in mlp.parameter_names().iter().zip(&owned(&grads)) {
             if name.contains(".bn.adv.") {
                 assert!(max_abs(g.as_ref().unwrap()) > 0.0, "{name}");
             }

@@ -1,5 +1,5 @@
 //! SGD and Adam against a hand-written, per-scalar re-derivation of
-//! `torch.optim`'s update rules (SPEC 5), over several steps, with
+//! `torch.optim`'s update rules (docs/SPEC.md §5), over several steps, with
 //! parameters whose gradient is `None` on some or all steps (skipped: no
 //! decay, no state) and `Some(0)` (decayed).
 
@@ -72,16 +72,18 @@ fn mlp() -> Mlp<f64> {
 /// first two steps, tensors 4 and 5 (adv BN γ, β) never have one, tensor 3
 /// (clean BN β) is exactly zero on every step.
 fn grads_at(m: &Mlp<f64>, t: usize, rng: &mut Rng) -> MlpGrads<f64> {
-    let mut g = MlpGrads::empty(m);
-    for (i, p) in m.parameters().iter().enumerate() {
-        g.tensors[i] = match i {
+    let tensors = m
+        .parameters()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match i {
             2 if t < 2 => None,
             4 | 5 => None,
             3 => Some(ArrayD::zeros(p.raw_dim())),
             _ => Some(ArrayD::from_shape_simple_fn(p.raw_dim(), || rng.normal())),
-        };
-    }
-    g
+        })
+        .collect();
+    MlpGrads::from_tensors(m, tensors).unwrap()
 }
 
 fn configs() -> [OptimizerConfig; 4] {
@@ -135,7 +137,7 @@ fn updates_match_the_torch_rules_scalar_by_scalar() {
         for t in 0..STEPS {
             let g = grads_at(&m, t, &mut rng);
             opt.step(&mut m, &g).unwrap();
-            for (i, gi) in g.tensors.iter().enumerate() {
+            for (i, gi) in g.tensors().iter().enumerate() {
                 if let Some(gi) = gi {
                     for (s, &gv) in scalars[i].iter_mut().zip(gi.iter()) {
                         update(s, gv, &cfg);
@@ -214,8 +216,8 @@ fn a_zero_gradient_is_decayed_but_a_missing_one_is_not() {
     m.backbone[0].bn.clean.beta.fill(2.0); // tensor 3
     m.backbone[0].bn.adv.beta.fill(2.0); // tensor 5
     let mut opt = Optimizer::new(cfg, &m).unwrap();
-    let mut g = MlpGrads::empty(&m);
-    g.tensors[3] = Some(ArrayD::zeros(vec![5]));
+    let mut g = MlpGrads::none(&m);
+    g.backbone[0].bn.clean.beta = Some(ndarray::Array1::zeros(5)); // tensor 3
     opt.step(&mut m, &g).unwrap();
     // p − lr (0 + wd p) = 2 − 0.1 · 1 = 1.9
     assert!(m.backbone[0]
@@ -274,15 +276,19 @@ fn f32_updates_follow_the_f64_rules_to_f32_precision() {
         for t in 0..STEPS {
             let g64 = grads_at(&m64, t, &mut rng);
             // the f32 gradients, and the f64 rules fed with exactly those values
-            let mut g32 = MlpGrads::empty(&m32);
-            for (i, g) in g64.tensors.iter().enumerate() {
-                g32.tensors[i] = g.as_ref().map(|g| g.mapv(|v| v as f32));
-                if let Some(g) = &g32.tensors[i] {
+            let t32: Vec<_> = g64
+                .tensors()
+                .iter()
+                .map(|g| g.as_ref().map(|g| g.mapv(|v| v as f32)))
+                .collect();
+            for (i, g) in t32.iter().enumerate() {
+                if let Some(g) = g {
                     for (s, &gv) in scalars[i].iter_mut().zip(g.iter()) {
                         update(s, gv as f64, &cfg);
                     }
                 }
             }
+            let g32 = MlpGrads::from_tensors(&m32, t32).unwrap();
             opt.step(&mut m32, &g32).unwrap();
         }
         for (i, p) in m32.parameters().iter().enumerate() {

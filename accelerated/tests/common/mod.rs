@@ -44,7 +44,7 @@ pub fn arr(t: &Tensor) -> ArrayD<f64> {
     array_from_tensor::<f64>(t).unwrap()
 }
 
-/// SPEC 8's error: `max|a − b| / max|b|` (b the reference side); where
+/// docs/SPEC.md §8's error: `max|a − b| / max|b|` (b the reference side); where
 /// `max|b| = 0`, `max|a|` (which must then be exactly 0).
 pub fn rel_err<D: ndarray::Dimension, E: ndarray::Dimension>(
     a: &ndarray::Array<f64, D>,
@@ -74,7 +74,7 @@ pub fn rel_err_t(a: &Tensor, b: &Tensor) -> f64 {
 /// PGD steps of 0.01 from P.
 pub fn attack_settings() -> [(
     clae_reference::adversarial::QStart,
-    clae_reference::adversarial::Attack<f64>,
+    clae_reference::adversarial::Attack,
 ); 3] {
     use clae_reference::adversarial::{Attack, QStart};
     [

@@ -4,7 +4,7 @@
 //! header; one image per line; 65 comma-separated numbers — 64 pixel values
 //! in `0..=16` (row-major, 8 rows of 8) and then the class label `0..=9`.
 //! Pixels are divided by 16 so images live in `[0, 1]`, the unit in which
-//! SPEC's FGSM step `eps` is measured.
+//! docs/SPEC.md's FGSM step `eps` is measured.
 
 use super::{DigitsError, Result};
 use clae_reference::rng::Rng;

@@ -553,7 +553,7 @@ pub fn markdown(rep: &Replication) -> String {
         );
         let _ = writeln!(
             s,
-            "* Encoder: SPEC 2's dual-BN MLP; evaluation on eval-mode (clean running statistics) embeddings `z`. Linear probe: multinomial logistic regression on standardised frozen `z`, {} full-batch steps (lr {}, momentum {}, L2 {}).",
+            "* Encoder: docs/SPEC.md §2's dual-BN MLP; evaluation on eval-mode (clean running statistics) embeddings `z`. Linear probe: multinomial logistic regression on standardised frozen `z`, {} full-batch steps (lr {}, momentum {}, L2 {}).",
             c.probe.steps, c.probe.lr, c.probe.momentum, c.probe.weight_decay
         );
     }
@@ -575,7 +575,7 @@ pub fn markdown(rep: &Replication) -> String {
         "* kNN: cosine similarity, weighted vote exp(s / 0.1) over the k = 200 nearest training embeddings (InstDisc/UEL protocol), and k = 1. Diagnostics on the test set: effective rank of `z` (SVD), alignment E‖z − z'‖² over two augmented views of each test image (fixed view seed), uniformity log E exp(−2‖z_i − z_j‖²).\n"
     );
     s.push_str(&hyper_parameter_table(&rep.configs));
-    let _ = writeln!(s, "\n### Changes from SPEC's defaults\n");
+    let _ = writeln!(s, "\n### Changes from docs/SPEC.md's defaults\n");
     s.push_str(CHANGES);
     let _ = writeln!(s, "\n## Files\n");
     s.push_str(
@@ -598,16 +598,16 @@ pub fn markdown(rep: &Replication) -> String {
     s
 }
 
-/// Every deviation from SPEC's defaults, with its reason.
+/// Every deviation from docs/SPEC.md's defaults, with its reason.
 pub const CHANGES: &str = "\
-* tau, eps, alpha, recipe: SPEC's defaults, unchanged (tau 0.1 / 0.5 / 0.1; eps 0.03 / 0.01 / 0.03; alpha 1; FGSM on P, lean recipe, no clamp). eps is in the units of the [0, 1] pixels, as for the authors' CIFAR images (one grey level of the digits is 1/16 = 0.0625).
-* Optimizers: SPEC's SGD (lr 0.03, momentum 0.9, wd 5e-4) for Plain and UEL unchanged. SimCLR's Adam lr raised from 3e-4 to 1e-3 (wd 1e-6 kept): a run here is ~300 steps, not the authors' ~10^5. In a 2-seed pilot at 30 epochs, lr 3e-4 gave test kNN-200 91.2% (plain) / 93.7% (CLAE) against 93.9% / 96.1% at 1e-3: both methods were still far from converged at 3e-4, and the raise helps both alike.
-* Encoder: SPEC 2's MLP with D_in = 64, h = 256, L = 2, d = 64 (the authors' ResNet-18 is far too large for 8x8 images and a CPU budget of minutes).
+* tau, eps, alpha, recipe: docs/SPEC.md's defaults, unchanged (tau 0.1 / 0.5 / 0.1; eps 0.03 / 0.01 / 0.03; alpha 1; FGSM on P, lean recipe, no clamp). eps is in the units of the [0, 1] pixels, as for the authors' CIFAR images (one grey level of the digits is 1/16 = 0.0625).
+* Optimizers: docs/SPEC.md's SGD (lr 0.03, momentum 0.9, wd 5e-4) for Plain and UEL unchanged. SimCLR's Adam lr raised from 3e-4 to 1e-3 (wd 1e-6 kept): a run here is ~300 steps, not the authors' ~10^5. In a 2-seed pilot at 30 epochs, lr 3e-4 gave test kNN-200 91.2% (plain) / 93.7% (CLAE) against 93.9% / 96.1% at 1e-3: both methods were still far from converged at 3e-4, and the raise helps both alike.
+* Encoder: docs/SPEC.md §2's MLP with D_in = 64, h = 256, L = 2, d = 64 (the authors' ResNet-18 is far too large for 8x8 images and a CPU budget of minutes).
 * Batch size N = 128 (the authors' default for Plain and UEL; SimCLR uses the same here so the three losses see the same batches); the last incomplete batch of each epoch is dropped.
 * 30 epochs (10 steps each) instead of hundreds: the replication must run in a few minutes on 2 CPU cores.
 * `--quick` (smoke runs only) shrinks everything further: h = 64, L = 1, d = 32, N = 64, 2 epochs, 2 seeds, 50 probe steps.
-* Added a control that SPEC does not define: CLAE with eps = 0 (Q_adv = P), which keeps CLAE's second loss term, its adv BatchNorm branch and its cost but drops the adversarial perturbation — so the comparison can tell the perturbation's effect from that of the extra term (`--no-control` skips it).
-* Element type f32 (the reference is generic; f32 halves the cost, and SPEC 8 bounds its error at 1e-4 relative per step).
+* Added a control that docs/SPEC.md does not define: CLAE with eps = 0 (Q_adv = P), which keeps CLAE's second loss term, its adv BatchNorm branch and its cost but drops the adversarial perturbation — so the comparison can tell the perturbation's effect from that of the extra term (`--no-control` skips it).
+* Element type f32 (the reference is generic; f32 halves the cost, and docs/SPEC.md §8 bounds its error at 1e-4 relative per step).
 ";
 
 fn csv_escape(s: &str) -> String {

@@ -31,7 +31,7 @@ impl From<clae_accelerated::Error> for DigitsError {
 pub struct TchTrainer {
     mlp: Mlp,
     opt: Optimizer,
-    step: ClaeConfig<f32>,
+    step: ClaeConfig,
     device: Device,
 }
 
@@ -85,7 +85,7 @@ impl Trainer for TchTrainer {
 
     fn plain_step(&mut self, p: ArrayView2<'_, f32>, q: ArrayView2<'_, f32>) -> Result<StepLoss> {
         let (p, q) = (self.tensor(p)?, self.tensor(q)?);
-        let (loss, tau) = (self.step.loss, self.step.tau as f64);
+        let (loss, tau) = (self.step.loss, self.step.tau);
         let r = step::plain_step(&mut self.mlp, &mut self.opt, &p, &q, loss, tau)?;
         Ok(step_loss(&r))
     }

@@ -25,9 +25,9 @@ use std::time::Instant;
 /// Plain contrastive learning, CLAE, or CLAE's `eps = 0` control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
-    /// `L(Z_P, Z_Q)` only (SPEC 5's plain step).
+    /// `L(Z_P, Z_Q)` only (docs/SPEC.md §5's plain step).
     Plain,
-    /// `L(Z_P, Z_Q) + alpha L(Z_P, Z_A)` with the FGSM view (SPEC 5).
+    /// `L(Z_P, Z_Q) + alpha L(Z_P, Z_A)` with the FGSM view (docs/SPEC.md §5).
     Clae,
     /// The CLAE step with `eps = 0`, so `Q_adv = P`: the same extra loss
     /// term through the adv BatchNorm branch, the same cost, but no
@@ -135,7 +135,7 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The replication's setting for `loss` and `method`: SPEC defaults for
+    /// The replication's setting for `loss` and `method`: docs/SPEC.md defaults for
     /// `tau`, `eps`, `alpha` and the optimizer family, with the changes the
     /// digits need (documented in the report and in the crate's README
     /// section): an MLP with `h = 256`, `L = 2`, `d = 64`; `N = 128`;
@@ -181,7 +181,7 @@ impl TrainConfig {
         }
         self.augment.validate()?;
         self.optimizer.validate()?;
-        self.clae_config::<f64>().validate()?;
+        self.clae_config().validate()?;
         MlpConfig::new(PIXELS, self.model.hidden, self.model.depth, self.model.d).validate()?;
         Ok(())
     }
@@ -196,11 +196,11 @@ impl TrainConfig {
     }
 
     /// The reference's step configuration (FGSM on `P`, no clamp, lean recipe).
-    pub fn clae_config<F: Real>(&self) -> ClaeConfig<F> {
+    pub fn clae_config(&self) -> ClaeConfig {
         let mut c = ClaeConfig::paper(self.loss);
-        c.tau = F::c(self.tau);
-        c.alpha = F::c(self.alpha);
-        c.adv.eps = F::c(self.effective_eps());
+        c.tau = self.tau;
+        c.alpha = self.alpha;
+        c.adv.eps = self.effective_eps();
         c
     }
 }
@@ -217,7 +217,7 @@ pub struct StepLoss {
 }
 
 /// What the training loop needs from an implementation: the two steps of
-/// SPEC 5 and eval-mode embeddings. Inputs are `N x 64` `f32` batches; an
+/// docs/SPEC.md §5 and eval-mode embeddings. Inputs are `N x 64` `f32` batches; an
 /// implementation converts to its own element type.
 pub trait Trainer {
     /// A short description, e.g. `reference-f32`.
@@ -235,7 +235,7 @@ pub trait Trainer {
 pub struct ReferenceTrainer<F> {
     mlp: Mlp<F>,
     opt: Optimizer<F>,
-    step: ClaeConfig<F>,
+    step: ClaeConfig,
 }
 
 impl<F: Real> ReferenceTrainer<F> {

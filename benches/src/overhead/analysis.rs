@@ -139,7 +139,7 @@ pub struct Ratio {
     pub spread: Option<(f64, f64)>,
     /// Exact FLOP-model ratio.
     pub model: f64,
-    /// SPEC 6's idealised ratio.
+    /// docs/SPEC.md §6's idealised ratio.
     pub spec: f64,
 }
 

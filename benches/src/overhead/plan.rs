@@ -15,7 +15,7 @@ use std::fmt;
 /// An encoder architecture.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Model {
-    /// The dual-BN MLP of SPEC 2.
+    /// The dual-BN MLP of docs/SPEC.md §2.
     Mlp(MlpConfig),
     /// The dual-BN CIFAR ResNet-18 (libtorch only), `3 x 32 x 32` images.
     ResNet18 {

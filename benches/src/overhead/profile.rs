@@ -20,7 +20,7 @@ use crate::overhead::measure::median;
 use crate::overhead::plan::ProfilePlan;
 use crate::overhead::workloads::{embeddings, views};
 use crate::overhead::{BenchError, Result};
-use clae_reference::encoder::{Branch, Mlp, MlpGrads, Mode, Need};
+use clae_reference::encoder::{Branch, Mlp, MlpGrads, Mode};
 use clae_reference::loss::{loss_forward_backward, LossKind};
 use clae_reference::optim::{Optimizer, OptimizerConfig};
 use clae_reference::step::plain_step;
@@ -291,25 +291,18 @@ pub fn profile_reference(
         let (loss_t, out) =
             time(|| loss_forward_backward(LossKind::Plain, fwd_p.z.view(), fwd_q.z.view(), 0.1));
         let out = out?;
-        let need_w = Need {
-            params: true,
-            input: false,
-        };
-        let (bw_t, b1) = time(|| mlp.backward(&fwd_p, out.grad_z_p.view(), need_w));
+        let (bw_t, b1) = time(|| mlp.backward(&fwd_p, out.grad_z_p.view()));
         let b1 = b1?;
-        let b2 = mlp.backward(&fwd_q, out.grad_z_q.view(), need_w)?;
-        let need_x = Need {
-            params: false,
-            input: true,
-        };
-        let (bx_t, bx) = time(|| mlp.backward(&fwd_p, out.grad_z_p.view(), need_x));
+        let b2 = mlp.backward(&fwd_q, out.grad_z_q.view())?;
+        let (bx_t, bx) = time(|| mlp.backward_input(&fwd_p, out.grad_z_p.view()));
         black_box(bx?);
-        let (acc_t, grads) = time(|| {
-            let mut g = MlpGrads::empty(&mlp);
-            g.accumulate(b1.params.as_ref().expect("asked for parameter gradients"));
-            g.accumulate(b2.params.as_ref().expect("asked for parameter gradients"));
-            g
+        let (acc_t, grads) = time(|| -> Result<MlpGrads<f32>> {
+            let mut g = MlpGrads::none(&mlp);
+            g.accumulate(&b1)?;
+            g.accumulate(&b2)?;
+            Ok(g)
         });
+        let grads = grads?;
         let (opt_t, o) = time(|| opt.step(&mut mlp, &grads));
         o?;
         let (run_t, u) = time(|| -> Result<()> {
@@ -421,7 +414,7 @@ fn profile_losses(
             let x = crate::overhead::workloads::normal_matrix::<f32>(rows, d, &mut rng);
             let g = crate::overhead::workloads::normal_matrix::<f32>(rows, rows, &mut rng);
             let gemm_flops = gemm(rows, d, rows) + grad_products as u64 * gemm(rows, rows, d);
-            let tau = kind.default_tau() as f32;
+            let tau = kind.default_tau();
             let (mut tt, mut tg) = (Vec::new(), Vec::new());
             for r in 0..=reps {
                 let (a, o) = time(|| loss_forward_backward(kind, z_p.view(), z_q.view(), tau));

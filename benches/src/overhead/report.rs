@@ -141,7 +141,7 @@ pub fn markdown(run: &RunResult) -> String {
     let _ = writeln!(s, "# CLAE overhead report (`{}`)\n", run.plan_name);
     let _ = writeln!(
         s,
-        "What an adversarial view costs: plain, lean-recipe and authors'-recipe training steps measured side by side, against the exact FLOP model (SPEC 6).\n"
+        "What an adversarial view costs: plain, lean-recipe and authors'-recipe training steps measured side by side, against the exact FLOP model (docs/SPEC.md §6).\n"
     );
     let _ = writeln!(s, "* date: {} UTC; whole run {:.0} s", m.date, run.wall_s);
     let _ = writeln!(s, "* command: `{}`", run.command);
@@ -191,7 +191,7 @@ pub fn markdown(run: &RunResult) -> String {
 
     let rows = step_rows(run);
     s.push_str("\n## Step time against the FLOP model\n\n");
-    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**: the median over rounds of the per-round ratio, so that slow patches of the machine cancel; quartiles in brackets) and the exact FLOP model (plain); SPEC 6's idealised 1.83 / 2.5 / 3.0 are in the model section.\n\n");
+    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**: the median over rounds of the per-round ratio, so that slow patches of the machine cancel; quartiles in brackets) and the exact FLOP model (plain); docs/SPEC.md §6's idealised 1.83 / 2.5 / 3.0 are in the model section.\n\n");
     s.push_str("| configuration | implementation | plain | lean | authors | lean / plain | authors / plain | authors / lean | rounds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         let cell = |k: StepKind| {
@@ -371,7 +371,7 @@ pub fn markdown(run: &RunResult) -> String {
 
     s.push_str("\n## FLOP model\n\n");
     s.push_str("Exact counts from the layer shapes (`crates benches/src/flops.rs`: matrix products `2mkn`, elementwise ops one FLOP each). `F` is one forward pass of one view, `B_w` a backward pass into the parameters (every weight gradient, every input gradient but the first layer's), `B_x` a backward pass to the input only, `L` a loss evaluation with both gradients.\n\n");
-    s.push_str("| configuration | F | B_w / F | B_x / F | step | passes | GFLOP | exact ratio | SPEC 6 ratio |\n|---|---:|---:|---:|---|---|---:|---:|---:|\n");
+    s.push_str("| configuration | F | B_w / F | B_x / F | step | passes | GFLOP | exact ratio | docs/SPEC.md §6 ratio |\n|---|---:|---:|---:|---|---|---:|---:|---:|\n");
     let mut seen = Vec::new();
     for g in &run.groups {
         let GroupKind::Step(config) = g.group.kind else {
@@ -582,7 +582,7 @@ pub fn measurements_csv(run: &RunResult) -> String {
 }
 
 /// One row per (step configuration, implementation) with the three ratios,
-/// measured, exact model and SPEC.
+/// measured, exact model and docs/SPEC.md.
 pub fn steps_csv(run: &RunResult) -> String {
     let mut s = csv_line(
         &[

@@ -71,7 +71,7 @@ pub struct RefStep<F: Real> {
     p: Array2<F>,
     q: Array2<F>,
     kind: StepKind,
-    cfg: ClaeConfig<F>,
+    cfg: ClaeConfig,
 }
 
 impl<F: Real> RefStep<F> {
@@ -132,7 +132,7 @@ pub struct RefLoss<F: Real> {
     kind: LossKind,
     z_p: Array2<F>,
     z_q: Array2<F>,
-    tau: F,
+    tau: f64,
 }
 
 impl<F: Real> RefLoss<F> {
@@ -143,7 +143,7 @@ impl<F: Real> RefLoss<F> {
             kind,
             z_p,
             z_q,
-            tau: F::c(kind.default_tau()),
+            tau: kind.default_tau(),
         }
     }
 }
@@ -371,7 +371,7 @@ pub mod tch_side {
         p: Tensor,
         q: Tensor,
         kind: StepKind,
-        cfg: ClaeConfig<f64>,
+        cfg: ClaeConfig,
         device: Device,
     }
 
@@ -443,7 +443,7 @@ pub mod tch_side {
         let (pv, qv) = (pv.f_reshape(&shape)?, qv.f_reshape(&shape)?);
         let opt_cfg: OptimizerConfig = super::optimizer_for(config.loss);
         let opt = Optimizer::new(opt_cfg, &enc)?;
-        let mut cfg = ClaeConfig::<f64>::paper(config.loss);
+        let mut cfg = ClaeConfig::paper(config.loss);
         cfg.recipe = match kind {
             StepKind::Authors => Recipe::Authors,
             StepKind::Plain | StepKind::Lean => Recipe::Lean,

@@ -12,7 +12,7 @@ use clae_reference::step::ClaeConfig;
 use ndarray::Array2;
 use proptest::prelude::*;
 
-/// The kinds of data SPEC's properties must hold on.
+/// The kinds of data docs/SPEC.md's properties must hold on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
     /// Standard normal rows; `Q = 0.9 P + 0.3 noise`.
@@ -25,13 +25,13 @@ pub enum DataKind {
     /// `1/tau` (and BatchNorm divides by their spread), so their rounding
     /// error is about `u / (tau · spread)` relative: `1e-11` for `f64` at
     /// `tau = 0.01`, but `6e-4` for `f32` at `tau = 0.01` and spread `1e-2`
-    /// — beyond SPEC 8's `1e-4` for any `f32` implementation. With `tau >=
+    /// — beyond docs/SPEC.md §8's `1e-4` for any `f32` implementation. With `tau >=
     /// 0.1` and `5e-2` it is `1e-5`.
     NearDuplicates,
     /// Gaussian, with one row of each view exactly zero (before any
     /// normalisation). One, not several: two zero images are duplicates,
     /// whose gradients cancel analytically, leaving both backends with
-    /// rounding noise of arbitrary sign where SPEC 8's relative measure has
+    /// rounding noise of arbitrary sign where docs/SPEC.md §8's relative measure has
     /// no scale to work with.
     ZeroRows,
     /// Gaussian times `1e3`.
@@ -145,7 +145,7 @@ pub fn any_case() -> impl Strategy<Value = Case> {
 /// embedding is `±1` and its derivative w.r.t. the pre-normalisation output
 /// is zero analytically: the reference's tangent projection returns exact
 /// zeros, autograd through `F.normalize` returns rounding noise, and the
-/// sign of noise is arbitrary (SPEC 8 has no scale to excuse it by, since
+/// sign of noise is arbitrary (docs/SPEC.md §8 has no scale to excuse it by, since
 /// `max|g_ref| = 0`). The losses and embeddings are still checked at `d = 1`.
 pub fn encoder_case() -> impl Strategy<Value = Case> {
     any_case().prop_map(|c| Case { d: c.d.max(2), ..c })
@@ -268,17 +268,20 @@ impl Case {
         if self.loss == LossKind::SimClr || self.d == 1 {
             return (p, q);
         }
-        let unit = |m: Array2<f64>| {
-            clae_reference::layers::l2_normalize_forward(
-                m.view(),
-                clae_reference::layers::NORMALIZE_EPS,
-            )
+        // u / max(‖u‖, 1e-12) per row, as the encoder's output normalisation
+        let unit = |mut m: Array2<f64>| {
+            for mut row in m.rows_mut() {
+                let norm = row.dot(&row).sqrt();
+                let denom = norm.max(clae_reference::layers::NORMALIZE_EPS);
+                row.mapv_inplace(|v| v / denom);
+            }
+            m
         };
         (unit(p), unit(q))
     }
 
     /// The adversarial configuration.
-    pub fn adv(&self) -> AdvConfig<f64> {
+    pub fn adv(&self) -> AdvConfig {
         AdvConfig {
             eps: self.eps,
             start: self.q_start,
@@ -295,7 +298,7 @@ impl Case {
     }
 
     /// The CLAE step configuration for a recipe.
-    pub fn clae(&self, recipe: Recipe) -> ClaeConfig<f64> {
+    pub fn clae(&self, recipe: Recipe) -> ClaeConfig {
         ClaeConfig {
             loss: self.loss,
             tau: self.tau,

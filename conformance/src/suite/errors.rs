@@ -1,4 +1,4 @@
-//! Bad input (SPEC 7): every case, generated, gets the same error kind from
+//! Bad input (docs/SPEC.md §7): every case, generated, gets the same error kind from
 //! both backends; and arbitrary garbage never panics either of them.
 
 use super::cases::Case;
@@ -48,7 +48,7 @@ pub enum Corruption {
 }
 
 impl Corruption {
-    /// The SPEC 7 kind this corruption must produce.
+    /// The docs/SPEC.md §7 kind this corruption must produce.
     pub fn expected(&self) -> ErrorKind {
         match self {
             Corruption::ViewRows | Corruption::ViewCols | Corruption::EncoderWidth => {
@@ -74,7 +74,7 @@ fn negative_or_bad() -> impl Strategy<Value = f64> {
     prop_oneof![bad_value(), -10.0f64..-1e-6]
 }
 
-/// Every SPEC 7 case.
+/// Every docs/SPEC.md §7 case.
 pub fn any_corruption() -> impl Strategy<Value = Corruption> {
     prop_oneof![
         Just(Corruption::ViewRows),
@@ -219,7 +219,7 @@ fn concerns(c: Corruption, call: &str) -> bool {
     }
 }
 
-/// Every SPEC 7 case, generated, returns the expected kind from both backends.
+/// Every docs/SPEC.md §7 case, generated, returns the expected kind from both backends.
 pub fn bad_input(pair: &Pair, case: &Case, corruption: Corruption) -> Outcome {
     let want = corruption.expected();
     for (name, call) in calls(case, corruption) {
@@ -232,7 +232,7 @@ pub fn bad_input(pair: &Pair, case: &Case, corruption: Corruption) -> Outcome {
             })?;
             record(
                 &pair.label(),
-                "SPEC 7 error kinds",
+                "docs/SPEC.md §7 error kinds",
                 (got != Some(want)) as u8 as f64,
             );
             if got != Some(want) {

@@ -1,4 +1,4 @@
-//! Where an input is so ill-conditioned that SPEC 8's per-tensor bound
+//! Where an input is so ill-conditioned that docs/SPEC.md §8's per-tensor bound
 //! cannot hold for any implementation, detected with the reference in
 //! `f64` (and, for ReLU kinks, in both precisions). The suite skips the
 //! affected comparisons and counts every skip in its table.
@@ -17,7 +17,6 @@
 
 use crate::backend::Model;
 use clae_reference::encoder::{Branch, Mlp, Mode};
-use clae_reference::layers::linear_forward;
 use clae_reference::Real;
 use ndarray::Array2;
 
@@ -36,11 +35,7 @@ fn pre_relu<F: Real>(model: &Model, x: &Array2<f64>, mode: Mode) -> Option<Vec<A
         out.push((&cache.x_hat * &bn.gamma + &bn.beta).mapv(|v| v.as_f64()));
     }
     let last = fwd.acts.last()?;
-    let h0 = linear_forward(
-        last.view(),
-        mlp.head[0].weight.view(),
-        mlp.head[0].bias.view(),
-    );
+    let h0 = last.dot(&mlp.head[0].weight.t()) + &mlp.head[0].bias;
     out.push(h0.mapv(|v| v.as_f64()));
     Some(out)
 }
@@ -82,7 +77,7 @@ pub struct Conditioning {
 
 impl Conditioning {
     /// Whether `f32` rounding of BatchNorm's centring may cost more than a
-    /// hundredth of SPEC 8's `1e-4`: [`batchnorm_condition`] times `f32`'s
+    /// hundredth of docs/SPEC.md §8's `1e-4`: [`batchnorm_condition`] times `f32`'s
     /// unit roundoff above `1e-6`. (A hundredth, not a tenth: the backward
     /// pass meets the condition number again — `x̂` enters `dx` twice — and
     /// optimizer state squares gradients.)
@@ -125,11 +120,7 @@ pub fn conditioning(model: &Model, x: &Array2<f64>, mode: Mode) -> Conditioning 
     };
     let eps = model.config.bn_eps;
     for (l, layer) in mlp.backbone.iter().enumerate() {
-        let h = linear_forward(
-            fwd.acts[l].view(),
-            layer.linear.weight.view(),
-            layer.linear.bias.view(),
-        );
+        let h = fwd.acts[l].dot(&layer.linear.weight.t()) + &layer.linear.bias;
         for (column, &inv_std) in h.columns().into_iter().zip(&fwd.bn[l].inv_std) {
             let peak = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let mean = column.mean().unwrap_or(0.0);

@@ -1,5 +1,5 @@
 //! The properties, each written once against [`Backend`] and checked for a
-//! pair of backends (`test` against `reference`) with SPEC 8's tolerances.
+//! pair of backends (`test` against `reference`) with docs/SPEC.md §8's tolerances.
 //! Every comparison is recorded in the run's table ([`crate::metrics`]).
 
 use super::cases::Case;
@@ -21,14 +21,14 @@ pub type Outcome = Result<(), TestCaseError>;
 pub struct Pair {
     /// The implementation under test.
     pub test: Box<dyn Backend>,
-    /// The side errors are measured relative to (SPEC 8's `b`).
+    /// The side errors are measured relative to (docs/SPEC.md §8's `b`).
     pub reference: Box<dyn Backend>,
-    /// SPEC 8's tolerance for these precisions.
+    /// docs/SPEC.md §8's tolerance for these precisions.
     pub tol: Tolerance,
 }
 
 impl Pair {
-    /// Pairs `test` with `reference` at SPEC 8's tolerance for their precisions.
+    /// Pairs `test` with `reference` at docs/SPEC.md §8's tolerance for their precisions.
     pub fn new(test: Box<dyn Backend>, reference: Box<dyn Backend>) -> Self {
         let tol = Tolerance::between(test.precision(), reference.precision());
         Pair {
@@ -77,7 +77,7 @@ impl Pair {
     /// itself ([`super::kinks::centring_condition`], any pair); for a pair
     /// involving `f32`, a ReLU may cross its kink
     /// between precisions, or BatchNorm's centring is so ill-conditioned that
-    /// `f32` cannot reach SPEC 8's `1e-4`. Such a case's gradients are not
+    /// `f32` cannot reach docs/SPEC.md §8's `1e-4`. Such a case's gradients are not
     /// compared, and the skip is recorded (see [`super::kinks`]).
     fn skip_near_kink(
         &self,
@@ -155,7 +155,7 @@ impl Pair {
         self.close(quantity, rel_err2(a, b), tol)
     }
 
-    /// Compares two input gradients. SPEC 8's bound `tol · max|b|` holds
+    /// Compares two input gradients. docs/SPEC.md §8's bound `tol · max|b|` holds
     /// unless the reference's own rounding noise on `g` (see [`g_noise`])
     /// exceeds a [`NOISE_FACTOR`]th of it — a batch whose gradient cancels to almost
     /// nothing, like `N = 2` through BatchNorm (each feature normalised to
@@ -192,7 +192,7 @@ impl Pair {
     /// What `f32` arithmetic costs the reference on a quantity: the largest
     /// difference between the reference in `f32` and in `f64` (`0` for
     /// pairs of `f64` backends). An input can be so ill-conditioned that
-    /// no `f32` implementation reaches SPEC 8's `1e-4` (a BatchNorm feature
+    /// no `f32` implementation reaches docs/SPEC.md §8's `1e-4` (a BatchNorm feature
     /// whose batch variance is below `eps_bn`, at `N = 2` say); there the
     /// bound becomes [`NOISE_FACTOR`] times this cost (see [`Pair::close_noisy`]).
     fn f32_cost<T>(
@@ -255,9 +255,9 @@ impl Pair {
     /// tensor whose gradient is analytically zero or cancels to nearly zero
     /// — the bias of a Linear layer feeding a training-mode BatchNorm; the
     /// sums over a batch of near-duplicates — holds rounding noise in both
-    /// backends, and SPEC 8's per-tensor scale would compare noise with
+    /// backends, and docs/SPEC.md §8's per-tensor scale would compare noise with
     /// noise. Everywhere else the noise is far below `tol · max|b|` and the
-    /// bound is SPEC 8's.
+    /// bound is docs/SPEC.md §8's.
     fn close_state(
         &self,
         quantity: &str,
@@ -327,7 +327,7 @@ fn views_agree(a: &Trained, b: &Trained, order: Option<&[usize]>, tol: f64) -> b
 }
 
 /// How far beyond the reference's own measured rounding noise the side
-/// under test may lie, where that noise (not SPEC 8's `tol · max|b|`) sets
+/// under test may lie, where that noise (not docs/SPEC.md §8's `tol · max|b|`) sets
 /// the bound. The noise is sampled: the reference's error on this input in
 /// `f32` against `f64`, and its change under a few row reorderings. Those
 /// are samples of one algorithm's rounding; another correct algorithm
@@ -337,7 +337,7 @@ fn views_agree(a: &Trained, b: &Trained, order: Option<&[usize]>, tol: f64) -> b
 /// encoder, and 10 to 20 times the reordering noise on sums that cancel.
 /// A hundred keeps two orders of magnitude for that. It only matters where
 /// the noise exceeds `tol / 100` relative: a well-conditioned input
-/// (noise near the unit roundoff) is held to SPEC 8's bound as written.
+/// (noise near the unit roundoff) is held to docs/SPEC.md §8's bound as written.
 pub const NOISE_FACTOR: f64 = 100.0;
 
 /// Rounding noise per tensor name (largest absolute difference).
@@ -571,7 +571,7 @@ pub fn losses(pair: &Pair, case: &Case) -> Outcome {
     )
 }
 
-/// Checks a sign pattern under SPEC 8's rule and records it.
+/// Checks a sign pattern under docs/SPEC.md §8's rule and records it.
 fn signs(
     pair: &Pair,
     quantity: &str,
@@ -588,7 +588,7 @@ fn signs(
     }
     if r.excused_fraction() > 0.01 {
         return Err(TestCaseError::fail(format!(
-            "{quantity}: {} of {} signs excused (> 1%): a bug, says SPEC 8",
+            "{quantity}: {} of {} signs excused (> 1%): a bug, says docs/SPEC.md §8",
             r.excused, r.total
         )));
     }
@@ -844,7 +844,7 @@ fn views_diverged(pair: &Pair, a: &Trained, b: &Trained) -> bool {
 /// Whether parameters after an update can be compared at `precision`: not
 /// after Adam in `f32`, whose first updates divide rounding noise in
 /// near-zero gradients (e.g. of a bias feeding BatchNorm, zero analytically)
-/// by `sqrt(v) + 1e-8` and so turn it into `O(lr)` moves (SPEC 8 asks `f32`
+/// by `sqrt(v) + 1e-8` and so turn it into `O(lr)` moves (docs/SPEC.md §8 asks `f32`
 /// for values and gradients of one step, not for Adam-updated parameters).
 fn updates_comparable(pair: &Pair, case: &Case) -> bool {
     case.sgd
@@ -853,7 +853,7 @@ fn updates_comparable(pair: &Pair, case: &Case) -> bool {
 
 /// How two training runs are compared.
 struct Bounds<'a> {
-    /// SPEC 8 tolerance.
+    /// docs/SPEC.md §8 tolerance.
     tol: f64,
     /// Whether parameters are compared at all (see [`updates_comparable`]).
     params: bool,
@@ -1041,7 +1041,7 @@ pub fn one_step(pair: &Pair, case: &Case) -> Outcome {
 }
 
 /// Twenty steps, plain and CLAE: parameters, running statistics and
-/// optimizer state at the end (only between `f64` backends, SPEC 8;
+/// optimizer state at the end (only between `f64` backends, docs/SPEC.md §8;
 /// batches of `N >= 3`, see `suite::run_pair`).
 pub fn trajectory(pair: &Pair, case: &Case) -> Outcome {
     let case = &pair.prepare(case);

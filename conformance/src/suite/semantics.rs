@@ -1,6 +1,6 @@
 //! Properties that settle what the paper's notation leaves unclear, shown on
 //! an encoder without BatchNorm so the effect is not a BatchNorm artefact,
-//! and the exact degenerations of SPEC 1 and 5. Each holds for every backend
+//! and the exact degenerations of docs/SPEC.md §1 and 5. Each holds for every backend
 //! of the pair on its own.
 
 use super::cases::Case;

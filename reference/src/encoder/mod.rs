@@ -1,5 +1,5 @@
-//! The encoder `f` of SPEC 2: a dual-BatchNorm MLP with a projection head and
-//! L2 normalisation.
+//! The encoder `f` of docs/SPEC.md §2: a dual-BatchNorm MLP with a
+//! projection head and L2 normalisation.
 //!
 //! ```text
 //! backbone: repeat L times:  Linear(in -> h) -> DualBatchNorm1d(h) -> ReLU
@@ -7,27 +7,204 @@
 //! output:   z = u / max(‖u‖₂, 1e-12)
 //! ```
 //!
-//! The forward pass is pure: it returns the embeddings, a cache for the
-//! backward pass and (in training mode) the batch statistics of every
-//! BatchNorm layer. Folding those statistics into the running averages is a
-//! separate, explicit call ([`Mlp::update_running_stats`]) — so the pass that
-//! generates the adversarial view can simply not make it.
+//! The forward and backward passes come first, as plain functions over the
+//! layers. The forward pass is pure: it returns the embeddings, a cache for
+//! the backward pass and (in training mode) the batch statistics of every
+//! BatchNorm layer. Folding those into the running averages is a separate,
+//! explicit step ([`Mlp::update_running_stats`]) — so the pass that
+//! generates the adversarial view can simply not make it, and a training
+//! step can make it last, after everything else succeeded.
+//!
+//! The validated, public entry points ([`Mlp::forward`], [`Mlp::backward`],
+//! …) follow; the state dict and tensor layout live in [`layout`].
 
 mod grads;
+pub mod layout;
 
-pub use grads::MlpGrads;
+pub use grads::{BlockGrads, BnGrads, DualBnGrads, LinearGrads, MlpGrads};
 
-use crate::check;
+use crate::check::{self, Domain};
 use crate::error::{ClaeError, Result};
 use crate::layers::{
     batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, l2_normalize_backward,
-    l2_normalize_forward, linear_backward, linear_forward, relu_backward, relu_forward,
-    BatchNorm1d, BnCache, BnStats, DualBatchNorm1d, Linear, NORMALIZE_EPS,
+    l2_normalize_forward, linear_backward_input, linear_backward_params, linear_forward,
+    relu_backward, relu_forward, BatchNorm1d, BnCache, BnStats, DualBatchNorm1d, Linear,
+    NORMALIZE_EPS,
 };
 use crate::real::Real;
 use crate::rng::Rng;
-use crate::state::{Role, StateDict, StateEntry};
-use ndarray::{Array2, ArrayView2, ArrayViewD, ArrayViewMutD};
+use ndarray::{Array1, Array2, ArrayView2};
+
+// ------------------------------------------------------------ forward pass --
+
+/// `z = f(x)` in `mode` (docs/SPEC.md §2), on input the caller validated.
+/// Shapes: `x: N x D_in` → `fwd.z: N x d`.
+///
+/// ```text
+/// a₀ = x
+/// for l in 0..L:   a_{l+1} = ReLU( BN_mode( a_l W_lᵀ + b_l ) )
+/// h = ReLU( a_L W_h0ᵀ + b_h0 );   u = h W_h1ᵀ + b_h1;   z = u / max(‖u‖, 1e-12)
+/// ```
+pub(crate) fn forward_pass<F: Real>(mlp: &Mlp<F>, x: ArrayView2<'_, F>, mode: Mode) -> Forward<F> {
+    let eps_bn = mlp.config.bn_eps;
+    let mut acts = vec![x.to_owned()];
+    let mut bn_caches = Vec::with_capacity(mlp.backbone.len());
+    let mut stats = Vec::new();
+    for layer in &mlp.backbone {
+        let a = acts.last().expect("acts starts with the input");
+        let pre = linear_forward(
+            a.view(),
+            layer.linear.weight.view(),
+            layer.linear.bias.view(),
+        );
+        let normed = match mode {
+            Mode::Train(branch) => {
+                let bn = layer.bn.branch(branch);
+                let (y, cache, s) =
+                    batchnorm_forward_train(pre.view(), bn.gamma.view(), bn.beta.view(), eps_bn);
+                bn_caches.push(cache);
+                stats.push(s);
+                y
+            }
+            Mode::Eval => {
+                let bn = &layer.bn.clean;
+                let (y, cache) = batchnorm_forward_eval(
+                    pre.view(),
+                    bn.gamma.view(),
+                    bn.beta.view(),
+                    bn.running_mean.view(),
+                    bn.running_var.view(),
+                    eps_bn,
+                );
+                bn_caches.push(cache);
+                y
+            }
+        };
+        acts.push(relu_forward(normed.view()));
+    }
+    let a = acts.last().expect("acts starts with the input");
+    let [h0, h1] = &mlp.head;
+    let head_hidden =
+        relu_forward(linear_forward(a.view(), h0.weight.view(), h0.bias.view()).view());
+    let u = linear_forward(head_hidden.view(), h1.weight.view(), h1.bias.view());
+    let z = l2_normalize_forward(u.view(), NORMALIZE_EPS);
+    Forward {
+        mode,
+        acts,
+        bn: bn_caches,
+        stats,
+        head_hidden,
+        u,
+        z,
+    }
+}
+
+// ----------------------------------------------------------- backward pass --
+
+/// `dL/dθ` from `dz = dL/dz` through the cached forward pass, including
+/// BatchNorm's batch-statistics path (docs/SPEC.md §2). Every linear layer
+/// and the BatchNorm branch the pass went through get a gradient; the other
+/// branch gets `None`.
+///
+/// Also returns `δ = dL/d(a₀ W₀ᵀ + b₀)`, the gradient at the output of the
+/// first linear layer: the input gradient is then one product away,
+/// `dL/dx = δ W₀` ([`input_gradient_from`]), which the authors' recipe
+/// needs and a training step does not.
+///
+/// ```text
+/// du = (dz − ⟨dz, z⟩ z) / ‖u‖                    (l2 normalisation)
+/// dW_h1 = duᵀ h,  db_h1 = Σ du,  dh = (du W_h1) ⊙ [h > 0]
+/// dW_h0 = dhᵀ a_L, db_h0 = Σ dh, da_L = dh W_h0
+/// for l in L−1..0:  dy = da_{l+1} ⊙ [a_{l+1} > 0];  (dpre, dγ, dβ) = BN backward(dy)
+///                   dW_l = dpreᵀ a_l,  db_l = Σ dpre,  da_l = dpre W_l   (not at l = 0)
+/// ```
+pub(crate) fn backward_pass<F: Real>(
+    mlp: &Mlp<F>,
+    fwd: &Forward<F>,
+    dz: ArrayView2<'_, F>,
+) -> (MlpGrads<F>, Array2<F>) {
+    let mut grads = MlpGrads::none(mlp);
+    let depth = mlp.backbone.len();
+    let [h0, h1] = &mlp.head;
+    let du = l2_normalize_backward(fwd.u.view(), fwd.z.view(), dz, NORMALIZE_EPS);
+    let (dw, db) = linear_backward_params(fwd.head_hidden.view(), du.view());
+    grads.head[1] = LinearGrads {
+        weight: Some(dw),
+        bias: Some(db),
+    };
+    let dh = relu_backward(
+        fwd.head_hidden.view(),
+        linear_backward_input(h1.weight.view(), du.view()).view(),
+    );
+    let (dw, db) = linear_backward_params(fwd.acts[depth].view(), dh.view());
+    grads.head[0] = LinearGrads {
+        weight: Some(dw),
+        bias: Some(db),
+    };
+    // δ: the gradient at the output of the linear layer being walked through
+    let mut delta = dh;
+    for l in (0..depth).rev() {
+        let layer = &mlp.backbone[l];
+        let weight_above = match mlp.backbone.get(l + 1) {
+            Some(above) => &above.linear.weight,
+            None => &h0.weight,
+        };
+        let da = linear_backward_input(weight_above.view(), delta.view());
+        let dy = relu_backward(fwd.acts[l + 1].view(), da.view());
+        let branch = fwd.mode.branch();
+        let gamma = &layer.bn.branch(branch).gamma;
+        let (dpre, dgamma, dbeta) = batchnorm_backward(dy.view(), gamma.view(), &fwd.bn[l]);
+        let (dw, db) = linear_backward_params(fwd.acts[l].view(), dpre.view());
+        let block = &mut grads.backbone[l];
+        block.linear = LinearGrads {
+            weight: Some(dw),
+            bias: Some(db),
+        };
+        *block.bn.branch_mut(branch) = BnGrads {
+            gamma: Some(dgamma),
+            beta: Some(dbeta),
+        };
+        delta = dpre;
+    }
+    (grads, delta)
+}
+
+/// `dL/dx = δ W₀` from the `δ` of [`backward_pass`] (`W₀` the first linear
+/// layer: `backbone[0]`, or `head[0]` when `L = 0`). Shapes: `δ: N x h` →
+/// `N x D_in`.
+pub(crate) fn input_gradient_from<F: Real>(mlp: &Mlp<F>, delta: ArrayView2<'_, F>) -> Array2<F> {
+    let w0 = match mlp.backbone.first() {
+        Some(layer) => &layer.linear.weight,
+        None => &mlp.head[0].weight,
+    };
+    linear_backward_input(w0.view(), delta)
+}
+
+/// `dL/dx` only, no parameter gradient (the lean recipe's `B_x`): the
+/// equations of [`backward_pass`] without the `dW`, `db` products.
+pub(crate) fn backward_input_pass<F: Real>(
+    mlp: &Mlp<F>,
+    fwd: &Forward<F>,
+    dz: ArrayView2<'_, F>,
+) -> Array2<F> {
+    let [h0, h1] = &mlp.head;
+    let du = l2_normalize_backward(fwd.u.view(), fwd.z.view(), dz, NORMALIZE_EPS);
+    let dh = relu_backward(
+        fwd.head_hidden.view(),
+        linear_backward_input(h1.weight.view(), du.view()).view(),
+    );
+    let mut da = linear_backward_input(h0.weight.view(), dh.view());
+    for l in (0..mlp.backbone.len()).rev() {
+        let layer = &mlp.backbone[l];
+        let dy = relu_backward(fwd.acts[l + 1].view(), da.view());
+        let gamma = &layer.bn.branch(fwd.mode.branch()).gamma;
+        let (dpre, _, _) = batchnorm_backward(dy.view(), gamma.view(), &fwd.bn[l]);
+        da = linear_backward_input(layer.linear.weight.view(), dpre.view());
+    }
+    da
+}
+
+// ------------------------------------------------------------------ types --
 
 /// Shape and BatchNorm constants of an [`Mlp`].
 ///
@@ -37,6 +214,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewD, ArrayViewMutD};
 /// assert_eq!((c.bn_momentum_clean, c.bn_momentum_adv, c.bn_eps), (0.1, 0.01, 1e-5));
 /// assert!(c.validate().is_ok());
 /// assert!(MlpConfig::new(64, 128, 2, 0).validate().is_err()); // d = 0
+/// assert!(MlpConfig::new(usize::MAX, 128, 2, 16).validate().is_err()); // too large
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MlpConfig {
@@ -57,7 +235,7 @@ pub struct MlpConfig {
 }
 
 impl MlpConfig {
-    /// A config with SPEC 2's BatchNorm constants.
+    /// A config with docs/SPEC.md §2's BatchNorm constants.
     pub fn new(d_in: usize, hidden: usize, depth: usize, d: usize) -> Self {
         MlpConfig {
             d_in,
@@ -79,8 +257,17 @@ impl MlpConfig {
         }
     }
 
-    /// Checks every field: widths `>= 1`, momenta in `[0, 1]`, `eps_bn > 0`.
+    /// Checks every field in `f64`: widths `>= 1`, momenta in `[0, 1]`,
+    /// `eps_bn > 0`, and sizes that can be addressed (the total number of
+    /// parameters, with checked arithmetic). See [`MlpConfig::validate_for`]
+    /// for an element type.
     pub fn validate(&self) -> Result<()> {
+        self.validate_for::<f64>()
+    }
+
+    /// [`MlpConfig::validate`] with the BatchNorm constants checked in the
+    /// element type `F` (an `eps_bn` of `1e-50` is `0` in `f32`).
+    pub fn validate_for<F: Real>(&self) -> Result<()> {
         for (what, v) in [
             ("D_in", self.d_in),
             ("hidden width h", self.hidden),
@@ -90,19 +277,59 @@ impl MlpConfig {
                 return Err(ClaeError::ZeroDimension { what: what.into() });
             }
         }
-        for (name, m) in [
-            ("bn_momentum_clean", self.bn_momentum_clean),
-            ("bn_momentum_adv", self.bn_momentum_adv),
-        ] {
-            if !(m.is_finite() && (0.0..=1.0).contains(&m)) {
-                return Err(ClaeError::InvalidHyperParameter {
-                    name: name.into(),
-                    expected: "finite and in [0, 1]".into(),
-                    value: m,
-                });
-            }
-        }
-        check::positive("bn_eps", self.bn_eps)
+        check::hyper::<F>(
+            "bn_momentum_clean",
+            self.bn_momentum_clean,
+            Domain::ClosedUnit,
+        )?;
+        check::hyper::<F>("bn_momentum_adv", self.bn_momentum_adv, Domain::ClosedUnit)?;
+        check::hyper::<F>("bn_eps", self.bn_eps, Domain::Positive)?;
+        self.num_parameters().map(|_| ())
+    }
+
+    /// Number of trainable scalars, with checked arithmetic
+    /// ([`ClaeError::TooLarge`] when it cannot be addressed).
+    ///
+    /// ```text
+    /// block 0:    h·D_in + 5h        (W, b, and γ, β of both BatchNorm branches)
+    /// blocks ≥ 1: h·h + 5h
+    /// head:       h·in + h + d·h + d
+    /// ```
+    pub fn num_parameters(&self) -> Result<usize> {
+        let too_large = || ClaeError::TooLarge {
+            what: "encoder".into(),
+            detail: format!(
+                "D_in = {}, h = {}, L = {}, d = {}: the parameter count overflows",
+                self.d_in, self.hidden, self.depth, self.d
+            ),
+        };
+        let (h, d) = (self.hidden, self.d);
+        let sum = |parts: &[usize]| parts.iter().try_fold(0usize, |a, &b| a.checked_add(b));
+        let five_h = h.checked_mul(5).ok_or_else(too_large)?;
+        let first = sum(&[
+            check::elements("backbone.0.linear.weight", &[h, self.d_in])?,
+            five_h,
+        ]);
+        let later = sum(&[
+            check::elements("backbone.1.linear.weight", &[h, h])?,
+            five_h,
+        ]);
+        let head = sum(&[
+            check::elements("head.0.weight", &[h, self.head_in()])?,
+            h,
+            check::elements("head.2.weight", &[d, h])?,
+            d,
+        ]);
+        let blocks = match self.depth {
+            0 => Some(0),
+            depth => later
+                .and_then(|b| b.checked_mul(depth - 1))
+                .and_then(|rest| rest.checked_add(first?)),
+        };
+        let total = blocks
+            .and_then(|b| b.checked_add(head?))
+            .ok_or_else(too_large)?;
+        check::elements("encoder parameters", &[total])
     }
 }
 
@@ -124,6 +351,16 @@ pub enum Mode {
     Eval,
 }
 
+impl Mode {
+    /// The branch whose parameters the pass reads (evaluation reads the clean one).
+    pub fn branch(self) -> Branch {
+        match self {
+            Mode::Train(b) => b,
+            Mode::Eval => Branch::Clean,
+        }
+    }
+}
+
 /// One backbone block: `Linear -> DualBatchNorm1d -> ReLU`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackboneLayer<F> {
@@ -133,16 +370,7 @@ pub struct BackboneLayer<F> {
     pub bn: DualBatchNorm1d<F>,
 }
 
-impl<F: Real> BackboneLayer<F> {
-    fn bn(&self, mode: Mode) -> &BatchNorm1d<F> {
-        match mode {
-            Mode::Train(Branch::Adv) => &self.bn.adv,
-            _ => &self.bn.clean,
-        }
-    }
-}
-
-/// The dual-BN MLP encoder of SPEC 2.
+/// The dual-BN MLP encoder of docs/SPEC.md §2.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mlp<F> {
     config: MlpConfig,
@@ -171,29 +399,35 @@ pub struct Forward<F> {
     pub z: Array2<F>,
 }
 
-/// What a backward pass should produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Need {
-    /// Parameter gradients (`B_w` in the FLOP model).
-    pub params: bool,
-    /// The input gradient (`B_x`).
-    pub input: bool,
+impl<F> Forward<F> {
+    /// `(mode, batch statistics)`: what folding this pass into the running
+    /// statistics needs.
+    pub(crate) fn stats_of(&self) -> (Mode, &[BnStats<F>]) {
+        (self.mode, &self.stats)
+    }
 }
 
-/// Output of [`Mlp::backward`].
+/// The batch statistics of several passes, in order, with the mode of each:
+/// what a step folds into the running statistics once it has succeeded.
+pub(crate) type StatsLog<F> = Vec<(Mode, Vec<BnStats<F>>)>;
+
+/// The running statistics of every BatchNorm, as values: what a step
+/// computes before it commits anything. `[clean, adv]` per block, each
+/// `(running_mean, running_var)`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Backward<F> {
-    /// Parameter gradients, if asked for.
-    pub params: Option<MlpGrads<F>>,
-    /// `dL/dx`, `N x D_in`, if asked for.
-    pub input: Option<Array2<F>>,
-}
+pub(crate) struct Running<F>(Vec<[(Array1<F>, Array1<F>); 2]>);
+
+// -------------------------------------------------------- the public API --
 
 impl<F: Real> Mlp<F> {
     /// A freshly initialised encoder: every `Linear` as PyTorch's default
-    /// (see [`Linear::init`]), drawn in the order backbone 0..L, head 0, head 1
-    /// from one [`Rng`] seeded with `seed`; BatchNorm `γ = 1, β = 0`,
-    /// running mean 0 and variance 1 in both branches.
+    /// (`U(-k, k)`, `k = 1/√in`, for weight and bias), drawn in the order
+    /// backbone 0..L, head 0, head 1 from one [`Rng`] seeded with `seed`;
+    /// BatchNorm `γ = 1, β = 0`, running mean 0 and variance 1 in both
+    /// branches.
+    ///
+    /// Errors: the config's ([`MlpConfig::validate_for`]), and
+    /// [`ClaeError::TooLarge`] if the system refuses the allocation.
     ///
     /// ```
     /// use clae_reference::encoder::{Mlp, MlpConfig};
@@ -203,13 +437,15 @@ impl<F: Real> Mlp<F> {
     /// assert_eq!(a.num_parameters(), (6*5+5 + 4*5) + (5*5+5 + 4*5) + (5*5+5) + (5*3+3));
     /// ```
     pub fn new(config: MlpConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
+        config.validate_for::<F>()?;
+        let total = config.num_parameters()?;
+        check::allocatable::<F>("encoder parameters", total)?;
         let mut rng = Rng::new(seed);
         let mut backbone = Vec::with_capacity(config.depth);
         let mut fan_in = config.d_in;
         for _ in 0..config.depth {
             backbone.push(BackboneLayer {
-                linear: Linear::init(fan_in, config.hidden, &mut rng),
+                linear: Linear::init(fan_in, config.hidden, &mut rng)?,
                 bn: DualBatchNorm1d {
                     clean: BatchNorm1d::new(config.hidden, config.bn_momentum_clean, config.bn_eps),
                     adv: BatchNorm1d::new(config.hidden, config.bn_momentum_adv, config.bn_eps),
@@ -217,8 +453,8 @@ impl<F: Real> Mlp<F> {
             });
             fan_in = config.hidden;
         }
-        let head0 = Linear::init(fan_in, config.hidden, &mut rng);
-        let head1 = Linear::init(config.hidden, config.d, &mut rng);
+        let head0 = Linear::init(fan_in, config.hidden, &mut rng)?;
+        let head1 = Linear::init(config.hidden, config.d, &mut rng)?;
         Ok(Mlp {
             config,
             backbone,
@@ -236,202 +472,24 @@ impl<F: Real> Mlp<F> {
         self.parameters().iter().map(|p| p.len()).sum()
     }
 
-    /// Checks that every tensor has the shape the config implies and is finite.
+    /// Checks the config (in `F`), that every tensor has the shape the
+    /// config implies, and that every parameter and buffer is finite.
     pub fn validate(&self) -> Result<()> {
-        self.config.validate()?;
-        let names = self.layout();
-        let views = self.views();
-        if views.len() != names.len() || self.backbone.len() != self.config.depth {
-            return Err(ClaeError::InvalidState {
-                message: format!(
-                    "encoder has {} backbone blocks, config says {}",
-                    self.backbone.len(),
-                    self.config.depth
-                ),
-            });
-        }
-        for ((name, _, shape), view) in names.iter().zip(views) {
-            if view.shape() != shape.as_slice() {
-                return Err(ClaeError::ShapeMismatch {
-                    what: name.clone(),
-                    expected: format!("{shape:?}"),
-                    actual: format!("{:?}", view.shape()),
-                });
-            }
+        self.validate_shapes()?;
+        for ((name, _, _), view) in self.layout().iter().zip(self.views()) {
             check::finite(name, view)?;
         }
         Ok(())
     }
 
-    /// `(name, role, shape)` of every tensor, in state-dict order:
-    /// per block `linear.{weight,bias}`, `bn.clean.{weight,bias,running_mean,running_var}`,
-    /// `bn.adv.{…}`; then `head.0.{weight,bias}`, `head.2.{weight,bias}`
-    /// (PyTorch's `nn.Sequential` indices: `head.1` is the ReLU).
-    pub fn layout(&self) -> Vec<(String, Role, Vec<usize>)> {
-        let c = &self.config;
-        let mut out = Vec::new();
-        let mut fan_in = c.d_in;
-        for l in 0..c.depth {
-            out.push((
-                format!("backbone.{l}.linear.weight"),
-                Role::Parameter,
-                vec![c.hidden, fan_in],
-            ));
-            out.push((
-                format!("backbone.{l}.linear.bias"),
-                Role::Parameter,
-                vec![c.hidden],
-            ));
-            for branch in ["clean", "adv"] {
-                out.push((
-                    format!("backbone.{l}.bn.{branch}.weight"),
-                    Role::Parameter,
-                    vec![c.hidden],
-                ));
-                out.push((
-                    format!("backbone.{l}.bn.{branch}.bias"),
-                    Role::Parameter,
-                    vec![c.hidden],
-                ));
-                out.push((
-                    format!("backbone.{l}.bn.{branch}.running_mean"),
-                    Role::Buffer,
-                    vec![c.hidden],
-                ));
-                out.push((
-                    format!("backbone.{l}.bn.{branch}.running_var"),
-                    Role::Buffer,
-                    vec![c.hidden],
-                ));
-            }
-            fan_in = c.hidden;
-        }
-        out.push((
-            "head.0.weight".into(),
-            Role::Parameter,
-            vec![c.hidden, fan_in],
-        ));
-        out.push(("head.0.bias".into(), Role::Parameter, vec![c.hidden]));
-        out.push(("head.2.weight".into(), Role::Parameter, vec![c.d, c.hidden]));
-        out.push(("head.2.bias".into(), Role::Parameter, vec![c.d]));
-        out
-    }
-
-    /// Views of every tensor in [`Mlp::layout`] order.
-    fn views(&self) -> Vec<ArrayViewD<'_, F>> {
-        let mut out = Vec::new();
-        for layer in &self.backbone {
-            out.push(layer.linear.weight.view().into_dyn());
-            out.push(layer.linear.bias.view().into_dyn());
-            for bn in [&layer.bn.clean, &layer.bn.adv] {
-                out.push(bn.gamma.view().into_dyn());
-                out.push(bn.beta.view().into_dyn());
-                out.push(bn.running_mean.view().into_dyn());
-                out.push(bn.running_var.view().into_dyn());
-            }
-        }
-        for lin in &self.head {
-            out.push(lin.weight.view().into_dyn());
-            out.push(lin.bias.view().into_dyn());
-        }
-        out
-    }
-
-    /// Mutable views of every tensor in [`Mlp::layout`] order.
-    fn views_mut(&mut self) -> Vec<ArrayViewMutD<'_, F>> {
-        let mut out = Vec::new();
-        for layer in &mut self.backbone {
-            out.push(layer.linear.weight.view_mut().into_dyn());
-            out.push(layer.linear.bias.view_mut().into_dyn());
-            for bn in [&mut layer.bn.clean, &mut layer.bn.adv] {
-                out.push(bn.gamma.view_mut().into_dyn());
-                out.push(bn.beta.view_mut().into_dyn());
-                out.push(bn.running_mean.view_mut().into_dyn());
-                out.push(bn.running_var.view_mut().into_dyn());
-            }
-        }
-        for lin in &mut self.head {
-            out.push(lin.weight.view_mut().into_dyn());
-            out.push(lin.bias.view_mut().into_dyn());
-        }
-        out
-    }
-
-    /// Names of the trainable parameters, in the order of [`Mlp::parameters`],
-    /// [`MlpGrads`] and the optimizer state.
-    pub fn parameter_names(&self) -> Vec<String> {
-        self.layout()
-            .into_iter()
-            .filter(|(_, role, _)| *role == Role::Parameter)
-            .map(|(name, _, _)| name)
-            .collect()
-    }
-
-    /// The trainable parameters, in [`Mlp::parameter_names`] order.
-    pub fn parameters(&self) -> Vec<ArrayViewD<'_, F>> {
-        let roles: Vec<Role> = self.layout().into_iter().map(|(_, r, _)| r).collect();
-        self.views()
-            .into_iter()
-            .zip(roles)
-            .filter(|(_, r)| *r == Role::Parameter)
-            .map(|(v, _)| v)
-            .collect()
-    }
-
-    /// The trainable parameters, mutably, in [`Mlp::parameter_names`] order.
-    pub fn parameters_mut(&mut self) -> Vec<ArrayViewMutD<'_, F>> {
-        let roles: Vec<Role> = self.layout().into_iter().map(|(_, r, _)| r).collect();
-        self.views_mut()
-            .into_iter()
-            .zip(roles)
-            .filter(|(_, r)| *r == Role::Parameter)
-            .map(|(v, _)| v)
-            .collect()
-    }
-
-    /// Every parameter and buffer, named, in [`Mlp::layout`] order.
-    pub fn state_dict(&self) -> StateDict<F> {
-        StateDict {
-            entries: self
-                .layout()
-                .into_iter()
-                .zip(self.views())
-                .map(|((name, role, _), v)| StateEntry {
-                    name,
-                    role,
-                    value: v.to_owned(),
-                })
-                .collect(),
-        }
-    }
-
-    /// Builds an encoder from a state dict (e.g. exported by another
-    /// implementation). Every tensor of [`Mlp::layout`] must be present with
-    /// its shape and finite values, and nothing else.
+    /// Validated forward pass with no side effects. `x: N x D_in` →
+    /// `z: N x d` plus the cache. Training mode needs `N >= 2` (batch
+    /// statistics, and docs/SPEC.md §1).
     ///
-    /// ```
-    /// use clae_reference::encoder::{Mlp, MlpConfig};
-    /// let a = Mlp::<f64>::new(MlpConfig::new(3, 4, 1, 2), 7).unwrap();
-    /// let b = Mlp::from_state_dict(*a.config(), &a.state_dict()).unwrap();
-    /// assert_eq!(a, b);
-    /// ```
-    pub fn from_state_dict(config: MlpConfig, state: &StateDict<F>) -> Result<Self> {
-        let mut mlp = Mlp::new(config, 0)?;
-        let mut rest = state.clone();
-        let layout = mlp.layout();
-        let mut values = Vec::with_capacity(layout.len());
-        for (name, _, shape) in &layout {
-            values.push(rest.take(name, shape)?);
-        }
-        rest.expect_empty()?;
-        for (mut dst, src) in mlp.views_mut().into_iter().zip(values) {
-            dst.assign(&src);
-        }
-        Ok(mlp)
-    }
-
-    /// Validated forward pass. `x: N x D_in` → `z: N x d` plus the cache.
-    /// Training mode needs `N >= 2` (batch statistics, and SPEC 1).
+    /// Errors: the encoder's ([`Mlp::validate`]), the input's (shape,
+    /// `N < 2` in training mode, NaN/inf), and [`ClaeError::Overflow`] when
+    /// finite input is too large for `F` (a batch statistic or the
+    /// embedding overflowed).
     ///
     /// ```
     /// use ndarray::Array2;
@@ -442,98 +500,40 @@ impl<F: Real> Mlp<F> {
     /// for row in fwd.z.rows() {
     ///     assert!((row.dot(&row) - 1.0).abs() < 1e-12);
     /// }
+    /// let huge = Array2::from_elem((5, 3), 1e30f32);
+    /// let mlp32 = Mlp::<f32>::new(MlpConfig::new(3, 8, 1, 4), 0).unwrap();
+    /// assert!(mlp32.forward(huge.view(), Mode::Train(Branch::Clean)).is_err());
     /// ```
     pub fn forward(&self, x: ArrayView2<'_, F>, mode: Mode) -> Result<Forward<F>> {
         self.validate()?;
-        match mode {
-            Mode::Train(_) => check::batch("encoder input", x, Some(self.config.d_in))?,
-            Mode::Eval => {
-                if x.ncols() != self.config.d_in {
-                    return Err(ClaeError::ShapeMismatch {
-                        what: "encoder input".into(),
-                        expected: format!("N x {}", self.config.d_in),
-                        actual: format!("{} x {}", x.nrows(), x.ncols()),
-                    });
-                }
-                check::finite("encoder input", x)?;
-            }
-        }
-        Ok(self.forward_unchecked(x, mode))
+        self.check_input("encoder input", x, mode)?;
+        self.forward_checked("encoder input", x, mode)
     }
 
-    /// Forward pass on input the caller has validated.
-    pub(crate) fn forward_unchecked(&self, x: ArrayView2<'_, F>, mode: Mode) -> Forward<F> {
-        let eps_bn = self.config.bn_eps;
-        let mut acts = Vec::with_capacity(self.backbone.len() + 1);
-        let mut caches = Vec::with_capacity(self.backbone.len());
-        let mut stats = Vec::new();
-        acts.push(x.to_owned());
-        for layer in &self.backbone {
-            let input = acts.last().expect("acts starts non-empty");
-            let pre = linear_forward(
-                input.view(),
-                layer.linear.weight.view(),
-                layer.linear.bias.view(),
-            );
-            let bn = layer.bn(mode);
-            let normed = match mode {
-                Mode::Train(_) => {
-                    let (y, cache, s) = batchnorm_forward_train(
-                        pre.view(),
-                        bn.gamma.view(),
-                        bn.beta.view(),
-                        eps_bn,
-                    );
-                    caches.push(cache);
-                    stats.push(s);
-                    y
-                }
-                Mode::Eval => {
-                    let (y, cache) = batchnorm_forward_eval(
-                        pre.view(),
-                        bn.gamma.view(),
-                        bn.beta.view(),
-                        bn.running_mean.view(),
-                        bn.running_var.view(),
-                        eps_bn,
-                    );
-                    caches.push(cache);
-                    y
-                }
-            };
-            acts.push(relu_forward(normed.view()));
-        }
-        let last = acts.last().expect("acts starts non-empty");
-        let h0 = linear_forward(
-            last.view(),
-            self.head[0].weight.view(),
-            self.head[0].bias.view(),
-        );
-        let head_hidden = relu_forward(h0.view());
-        let u = linear_forward(
-            head_hidden.view(),
-            self.head[1].weight.view(),
-            self.head[1].bias.view(),
-        );
-        let z = l2_normalize_forward(u.view(), NORMALIZE_EPS);
-        Forward {
-            mode,
-            acts,
-            bn: caches,
-            stats,
-            head_hidden,
-            u,
-            z,
-        }
+    /// A training-mode forward pass that also updates the running statistics
+    /// (what `model(x)` does in PyTorch's training mode). On an error nothing
+    /// is updated.
+    pub fn forward_train(&mut self, x: ArrayView2<'_, F>, branch: Branch) -> Result<Forward<F>> {
+        let fwd = self.forward(x, Mode::Train(branch))?;
+        let running = self.running_after([fwd.stats_of()], "encoder input")?;
+        self.commit_running(running);
+        Ok(fwd)
+    }
+
+    /// Embeddings in evaluation mode (clean running statistics), `N x d`.
+    pub fn embed(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        Ok(self.forward(x, Mode::Eval)?.z)
     }
 
     /// Folds the batch statistics of a training-mode forward pass into the
-    /// running statistics of the branch it went through (PyTorch's rule, see
-    /// [`BatchNorm1d::update_running`]). A no-op for evaluation passes.
+    /// running statistics of the branch it went through (PyTorch's rule,
+    /// `running = (1 − m) running + m stat`, unbiased variance). A no-op for
+    /// evaluation passes.
     ///
-    /// Errors: [`ClaeError::InvalidState`] if `fwd` was not produced by an
-    /// encoder of this shape (nothing is updated then), [`ClaeError::NonFinite`]
-    /// if its statistics are not finite.
+    /// Errors (nothing is updated then): [`ClaeError::InvalidState`] if `fwd`
+    /// was not produced by an encoder of this shape, [`ClaeError::NonFinite`]
+    /// if its statistics are not finite, [`ClaeError::Overflow`] if an
+    /// updated statistic would be.
     ///
     /// ```
     /// use ndarray::Array2;
@@ -546,6 +546,7 @@ impl<F: Real> Mlp<F> {
     /// assert_eq!(mlp.backbone[0].bn.clean.running_mean[0], 0.0);
     /// ```
     pub fn update_running_stats(&mut self, fwd: &Forward<F>) -> Result<()> {
+        self.validate()?;
         self.check_forward(fwd)?;
         for (l, s) in fwd.stats.iter().enumerate() {
             check::finite(&format!("batch mean of block {l}"), s.mean.view())?;
@@ -554,22 +555,135 @@ impl<F: Real> Mlp<F> {
                 s.var_unbiased.view(),
             )?;
         }
-        self.update_running_stats_unchecked(fwd);
+        let running = self.running_after([fwd.stats_of()], "the forward cache")?;
+        self.commit_running(running);
         Ok(())
     }
 
-    /// [`Mlp::update_running_stats`] for a pass this crate just made.
-    pub(crate) fn update_running_stats_unchecked(&mut self, fwd: &Forward<F>) {
-        let branch = match fwd.mode {
-            Mode::Train(b) => b,
-            Mode::Eval => return,
+    /// Validated backward pass: `dL/dθ` from `dz = dL/dz` (`N x d`) through
+    /// the cached forward pass, including the BatchNorm batch-statistics
+    /// path. The BatchNorm branch the pass did not use gets `None`.
+    ///
+    /// Errors: `dz` not shaped like `fwd.z` or not finite, a cache `fwd`
+    /// that a pass of this encoder did not produce, non-finite parameters,
+    /// [`ClaeError::Overflow`] if a gradient is not representable.
+    pub fn backward(&self, fwd: &Forward<F>, dz: ArrayView2<'_, F>) -> Result<MlpGrads<F>> {
+        self.check_backward(fwd, dz)?;
+        let (grads, _) = backward_pass(self, fwd, dz);
+        check_grads(self, &grads, "dL/dz and the forward cache")?;
+        Ok(grads)
+    }
+
+    /// [`Mlp::backward`] that also returns `dL/dx` (`N x D_in`): the full
+    /// backward of the authors' recipe.
+    pub fn backward_with_input(
+        &self,
+        fwd: &Forward<F>,
+        dz: ArrayView2<'_, F>,
+    ) -> Result<(MlpGrads<F>, Array2<F>)> {
+        self.check_backward(fwd, dz)?;
+        let (grads, delta) = backward_pass(self, fwd, dz);
+        let dx = input_gradient_from(self, delta.view());
+        check_grads(self, &grads, "dL/dz and the forward cache")?;
+        check_finite_result("dL/dz and the forward cache", "input gradient dL/dx", &dx)?;
+        Ok((grads, dx))
+    }
+
+    /// `dL/dx` only (`N x D_in`), without parameter gradients: the lean
+    /// recipe's backward to the input.
+    pub fn backward_input(&self, fwd: &Forward<F>, dz: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        self.check_backward(fwd, dz)?;
+        let dx = backward_input_pass(self, fwd, dz);
+        check_finite_result("dL/dz and the forward cache", "input gradient dL/dx", &dx)?;
+        Ok(dx)
+    }
+
+    // ------------------------------------------------ crate-internal checks --
+
+    /// The input of a pass in `mode`: `N x D_in` (and `N >= 2` in training
+    /// mode), finite, and small enough that the pass's `N x h` and `N x d`
+    /// activations can be addressed.
+    pub(crate) fn check_input(&self, what: &str, x: ArrayView2<'_, F>, mode: Mode) -> Result<()> {
+        let c = &self.config;
+        if x.ncols() != c.d_in {
+            return Err(ClaeError::ShapeMismatch {
+                what: what.into(),
+                expected: format!("N x {}", c.d_in),
+                actual: format!("{} x {}", x.nrows(), x.ncols()),
+            });
+        }
+        if matches!(mode, Mode::Train(_)) {
+            check::batch(what, x, Some(c.d_in))?;
+        }
+        check::elements(
+            &format!("activations of {what}"),
+            &[x.nrows(), c.hidden.max(c.d)],
+        )?;
+        check::finite(what, x)
+    }
+
+    /// [`forward_pass`] on checked input, then the overflow check: every
+    /// batch statistic finite, every embedding finite, and no row of `z`
+    /// zero unless its `u` is (`‖u‖²` overflowing makes `z = u / inf = 0`).
+    /// `what` names the input in the error.
+    pub(crate) fn forward_checked(
+        &self,
+        what: &str,
+        x: ArrayView2<'_, F>,
+        mode: Mode,
+    ) -> Result<Forward<F>> {
+        let fwd = forward_pass(self, x, mode);
+        let overflow = |quantity: String| ClaeError::Overflow {
+            cause: what.to_string(),
+            quantity,
+            precision: F::NAME.to_string(),
         };
-        for (layer, s) in self.backbone.iter_mut().zip(&fwd.stats) {
-            match branch {
-                Branch::Clean => layer.bn.clean.update_running(s),
-                Branch::Adv => layer.bn.adv.update_running(s),
+        for (l, s) in fwd.stats.iter().enumerate() {
+            if !s
+                .mean
+                .iter()
+                .chain(s.var_unbiased.iter())
+                .all(|v| v.is_finite())
+            {
+                return Err(overflow(format!(
+                    "the batch statistics of backbone block {l}"
+                )));
             }
         }
+        let collapsed =
+            fwd.z.rows().into_iter().zip(fwd.u.rows()).any(|(z, u)| {
+                z.iter().all(|v| *v == F::zero()) && u.iter().any(|v| *v != F::zero())
+            });
+        if collapsed || !fwd.z.iter().all(|v| v.is_finite()) {
+            return Err(overflow(
+                "the embedding z (or an activation before it)".into(),
+            ));
+        }
+        Ok(fwd)
+    }
+
+    fn check_backward(&self, fwd: &Forward<F>, dz: ArrayView2<'_, F>) -> Result<()> {
+        if dz.dim() != fwd.z.dim() {
+            return Err(ClaeError::ShapeMismatch {
+                what: "dL/dz".into(),
+                expected: format!("{} x {}", fwd.z.nrows(), fwd.z.ncols()),
+                actual: format!("{} x {}", dz.nrows(), dz.ncols()),
+            });
+        }
+        self.validate()?;
+        self.check_forward(fwd)?;
+        check::finite("dL/dz", dz)?;
+        // the cache is the caller's to keep: it may have been edited
+        for (l, a) in fwd.acts.iter().enumerate() {
+            check::finite(&format!("forward cache acts[{l}]"), a.view())?;
+        }
+        for (l, b) in fwd.bn.iter().enumerate() {
+            check::finite(&format!("forward cache bn[{l}].x_hat"), b.x_hat.view())?;
+            check::finite(&format!("forward cache bn[{l}].inv_std"), b.inv_std.view())?;
+        }
+        check::finite("forward cache head_hidden", fwd.head_hidden.view())?;
+        check::finite("forward cache u", fwd.u.view())?;
+        check::finite("forward cache z", fwd.z.view())
     }
 
     /// Checks that every array of a forward cache has the shape a pass of
@@ -605,104 +719,89 @@ impl<F: Real> Mlp<F> {
         }
     }
 
-    /// A training-mode forward pass that also updates the running statistics
-    /// (what `model(x)` does in PyTorch's training mode).
-    pub fn forward_train(&mut self, x: ArrayView2<'_, F>, branch: Branch) -> Result<Forward<F>> {
-        let fwd = self.forward(x, Mode::Train(branch))?;
-        self.update_running_stats_unchecked(&fwd);
-        Ok(fwd)
-    }
-
-    /// Embeddings in evaluation mode (clean running statistics), `N x d`.
-    pub fn embed(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
-        Ok(self.forward(x, Mode::Eval)?.z)
-    }
-
-    /// Validated backward pass from `dz = dL/dz` (`N x d`) through the cached
-    /// forward pass, including the BatchNorm batch-statistics path.
-    ///
-    /// Errors: `dz` not shaped like `fwd.z` or not finite, a cache `fwd` that
-    /// a pass of this encoder did not produce (another shape of encoder),
-    /// or non-finite parameters.
-    pub fn backward(
+    /// The running statistics after folding in the batch statistics of
+    /// `passes`, in order, computed on copies and checked finite
+    /// ([`ClaeError::Overflow`] blaming `cause`). Nothing is changed.
+    pub(crate) fn running_after<'a>(
         &self,
-        fwd: &Forward<F>,
-        dz: ArrayView2<'_, F>,
-        need: Need,
-    ) -> Result<Backward<F>> {
-        if dz.dim() != fwd.z.dim() {
-            return Err(ClaeError::ShapeMismatch {
-                what: "dL/dz".into(),
-                expected: format!("{} x {}", fwd.z.nrows(), fwd.z.ncols()),
-                actual: format!("{} x {}", dz.nrows(), dz.ncols()),
+        passes: impl IntoIterator<Item = (Mode, &'a [BnStats<F>])>,
+        cause: &str,
+    ) -> Result<Running<F>> {
+        let mut bns: Vec<DualBatchNorm1d<F>> = self.backbone.iter().map(|l| l.bn.clone()).collect();
+        for (mode, stats) in passes {
+            let Mode::Train(branch) = mode else { continue };
+            for (bn, s) in bns.iter_mut().zip(stats) {
+                let bn = bn.branch_mut(branch);
+                let (mean, var) = bn.running_after(s);
+                bn.running_mean = mean;
+                bn.running_var = var;
+            }
+        }
+        let finite = bns.iter().all(|bn| {
+            [&bn.clean, &bn.adv].iter().all(|b| {
+                b.running_mean
+                    .iter()
+                    .chain(b.running_var.iter())
+                    .all(|v| v.is_finite())
+            })
+        });
+        if !finite {
+            return Err(ClaeError::Overflow {
+                cause: cause.to_string(),
+                quantity: "the updated BatchNorm running statistics".into(),
+                precision: F::NAME.to_string(),
             });
         }
-        self.validate()?;
-        self.check_forward(fwd)?;
-        check::finite("dL/dz", dz)?;
-        Ok(self.backward_unchecked(fwd, dz, need))
+        Ok(Running(
+            bns.into_iter()
+                .map(|bn| {
+                    [
+                        (bn.clean.running_mean, bn.clean.running_var),
+                        (bn.adv.running_mean, bn.adv.running_var),
+                    ]
+                })
+                .collect(),
+        ))
     }
 
-    /// Backward pass on validated input.
-    pub(crate) fn backward_unchecked(
-        &self,
-        fwd: &Forward<F>,
-        dz: ArrayView2<'_, F>,
-        need: Need,
-    ) -> Backward<F> {
-        let depth = self.backbone.len();
-        let mut grads = need.params.then(|| MlpGrads::empty(self));
-        let du = l2_normalize_backward(fwd.u.view(), fwd.z.view(), dz, NORMALIZE_EPS);
-        let g1 = linear_backward(
-            fwd.head_hidden.view(),
-            self.head[1].weight.view(),
-            du.view(),
-            true,
-            need.params,
-        );
-        let dh = relu_backward(fwd.head_hidden.view(), g1.x.expect("asked for dx").view());
-        let need_x0 = depth > 0 || need.input;
-        let g0 = linear_backward(
-            fwd.acts[depth].view(),
-            self.head[0].weight.view(),
-            dh.view(),
-            need_x0,
-            need.params,
-        );
-        if let Some(grads) = grads.as_mut() {
-            grads.set_linear(grads.head_index(0), g0.weight.clone(), g0.bias.clone());
-            grads.set_linear(grads.head_index(1), g1.weight, g1.bias);
-        }
-        let mut d_act = g0.x;
-        for l in (0..depth).rev() {
-            let layer = &self.backbone[l];
-            let da = d_act.take().expect("needed below the head when depth > 0");
-            let d_bn_out = relu_backward(fwd.acts[l + 1].view(), da.view());
-            let gamma = &layer.bn(fwd.mode).gamma;
-            let (d_pre, d_gamma, d_beta) =
-                batchnorm_backward(d_bn_out.view(), gamma.view(), &fwd.bn[l]);
-            let need_x = l > 0 || need.input;
-            let gl = linear_backward(
-                fwd.acts[l].view(),
-                layer.linear.weight.view(),
-                d_pre.view(),
-                need_x,
-                need.params,
-            );
-            if let Some(grads) = grads.as_mut() {
-                let i = grads.block_index(l);
-                grads.set_linear(i, gl.weight, gl.bias);
-                let branch = match fwd.mode {
-                    Mode::Train(Branch::Adv) => Branch::Adv,
-                    _ => Branch::Clean,
-                };
-                grads.set_bn(l, branch, d_gamma, d_beta);
-            }
-            d_act = gl.x;
-        }
-        Backward {
-            params: grads,
-            input: if need.input { d_act } else { None },
+    /// Installs running statistics computed by [`Mlp::running_after`].
+    pub(crate) fn commit_running(&mut self, running: Running<F>) {
+        for (layer, [clean, adv]) in self.backbone.iter_mut().zip(running.0) {
+            (layer.bn.clean.running_mean, layer.bn.clean.running_var) = clean;
+            (layer.bn.adv.running_mean, layer.bn.adv.running_var) = adv;
         }
     }
+}
+
+/// [`ClaeError::Overflow`] unless every entry of `a` is finite.
+pub(crate) fn check_finite_result<F: Real, D: ndarray::Dimension>(
+    cause: &str,
+    quantity: &str,
+    a: &ndarray::Array<F, D>,
+) -> Result<()> {
+    if a.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(ClaeError::Overflow {
+            cause: cause.to_string(),
+            quantity: quantity.to_string(),
+            precision: F::NAME.to_string(),
+        })
+    }
+}
+
+/// [`ClaeError::Overflow`] unless every gradient is finite.
+pub(crate) fn check_grads<F: Real>(mlp: &Mlp<F>, grads: &MlpGrads<F>, cause: &str) -> Result<()> {
+    for (name, g) in mlp.parameter_names().iter().zip(grads.tensors()) {
+        if let Some(g) = g {
+            if !g.iter().all(|v| v.is_finite()) {
+                return Err(ClaeError::Overflow {
+                    cause: cause.to_string(),
+                    quantity: format!("the gradient of {name}"),
+                    precision: F::NAME.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! BatchNorm1d and its dual (clean / adversarial) form (SPEC 2).
+//! BatchNorm1d and its dual (clean / adversarial) form (docs/SPEC.md §2).
 
 use crate::real::Real;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
@@ -34,16 +34,7 @@ pub struct BnStats<F> {
 /// ```
 ///
 /// Shapes: `x: N x h`, `gamma, beta: h` → `y: N x h`. `N >= 2`.
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::batchnorm_forward_train;
-/// let (y, _, stats) = batchnorm_forward_train(array![[1.0], [3.0]].view(),
-///     array![1.0].view(), array![0.0].view(), 0.0);
-/// assert_eq!(y, array![[-1.0], [1.0]]);
-/// assert_eq!(stats.var_unbiased, array![2.0]);
-/// ```
-pub fn batchnorm_forward_train<F: Real>(
+pub(crate) fn batchnorm_forward_train<F: Real>(
     x: ArrayView2<'_, F>,
     gamma: ArrayView1<'_, F>,
     beta: ArrayView1<'_, F>,
@@ -72,15 +63,7 @@ pub fn batchnorm_forward_train<F: Real>(
 /// Evaluation-mode BatchNorm1d: `y = γ ⊙ (x − running_mean) / √(running_var + eps_bn) + β`.
 ///
 /// Shapes: `x: N x h`, all vectors `h` → `y: N x h`.
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::batchnorm_forward_eval;
-/// let (y, _) = batchnorm_forward_eval(array![[3.0]].view(), array![2.0].view(),
-///     array![1.0].view(), array![1.0].view(), array![4.0].view(), 0.0);
-/// assert_eq!(y, array![[3.0]]); // 2 * (3 - 1) / 2 + 1
-/// ```
-pub fn batchnorm_forward_eval<F: Real>(
+pub(crate) fn batchnorm_forward_eval<F: Real>(
     x: ArrayView2<'_, F>,
     gamma: ArrayView1<'_, F>,
     beta: ArrayView1<'_, F>,
@@ -110,18 +93,7 @@ pub fn batchnorm_forward_eval<F: Real>(
 /// ```
 ///
 /// Shapes: `dy: N x h`, `gamma: h` → `(dx: N x h, dγ: h, dβ: h)`.
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::{batchnorm_backward, batchnorm_forward_train};
-/// let (_, cache, _) = batchnorm_forward_train(array![[1.0], [3.0]].view(),
-///     array![1.0].view(), array![0.0].view(), 0.0);
-/// // a gradient equal to a constant shift is annihilated by the mean subtraction
-/// let (dx, _, dbeta) = batchnorm_backward(array![[1.0], [1.0]].view(), array![1.0].view(), &cache);
-/// assert_eq!(dx, array![[0.0], [0.0]]);
-/// assert_eq!(dbeta, array![2.0]);
-/// ```
-pub fn batchnorm_backward<F: Real>(
+pub(crate) fn batchnorm_backward<F: Real>(
     dy: ArrayView2<'_, F>,
     gamma: ArrayView1<'_, F>,
     cache: &BnCache<F>,
@@ -170,7 +142,7 @@ pub struct BatchNorm1d<F> {
 
 impl<F: Real> BatchNorm1d<F> {
     /// PyTorch's initial state for `h` features.
-    pub fn new(h: usize, momentum: f64, eps: f64) -> Self {
+    pub(crate) fn new(h: usize, momentum: f64, eps: f64) -> Self {
         BatchNorm1d {
             gamma: Array1::ones(h),
             beta: Array1::zeros(h),
@@ -181,26 +153,21 @@ impl<F: Real> BatchNorm1d<F> {
         }
     }
 
-    /// PyTorch's update: `running = (1 − m) running + m stat`, with the
-    /// unbiased variance for `running_var`.
-    ///
-    /// ```
-    /// use ndarray::array;
-    /// use clae_reference::layers::{BatchNorm1d, BnStats};
-    /// let mut bn = BatchNorm1d::<f64>::new(1, 0.1, 1e-5);
-    /// bn.update_running(&BnStats { mean: array![2.0], var_unbiased: array![3.0] });
-    /// assert!((bn.running_mean[0] - 0.2).abs() < 1e-15);
-    /// assert!((bn.running_var[0] - 1.2).abs() < 1e-15);
-    /// ```
-    pub fn update_running(&mut self, stats: &BnStats<F>) {
+    /// PyTorch's update, `running = (1 − m) running + m stat` with the
+    /// unbiased variance for `running_var`, returned as new
+    /// `(running_mean, running_var)` (the caller checks and commits them).
+    pub(crate) fn running_after(&self, stats: &BnStats<F>) -> (Array1<F>, Array1<F>) {
         let m = F::c(self.momentum);
         let keep = F::one() - m;
-        Zip::from(&mut self.running_mean)
-            .and(&stats.mean)
-            .for_each(|r, &s| *r = m * s + keep * *r);
-        Zip::from(&mut self.running_var)
-            .and(&stats.var_unbiased)
-            .for_each(|r, &s| *r = m * s + keep * *r);
+        let update = |running: &Array1<F>, stat: &Array1<F>| {
+            Zip::from(running)
+                .and(stat)
+                .map_collect(|&r, &s| m * s + keep * r)
+        };
+        (
+            update(&self.running_mean, &stats.mean),
+            update(&self.running_var, &stats.var_unbiased),
+        )
     }
 }
 
@@ -212,4 +179,65 @@ pub struct DualBatchNorm1d<F> {
     pub clean: BatchNorm1d<F>,
     /// Branch for adversarial views, momentum 0.01 by default.
     pub adv: BatchNorm1d<F>,
+}
+
+impl<F> DualBatchNorm1d<F> {
+    /// The branch `branch`.
+    pub fn branch(&self, branch: crate::encoder::Branch) -> &BatchNorm1d<F> {
+        match branch {
+            crate::encoder::Branch::Clean => &self.clean,
+            crate::encoder::Branch::Adv => &self.adv,
+        }
+    }
+
+    /// The branch `branch`, mutably.
+    pub fn branch_mut(&mut self, branch: crate::encoder::Branch) -> &mut BatchNorm1d<F> {
+        match branch {
+            crate::encoder::Branch::Clean => &mut self.clean,
+            crate::encoder::Branch::Adv => &mut self.adv,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn small_cases() {
+        let (y, cache, stats) = batchnorm_forward_train(
+            array![[1.0], [3.0]].view(),
+            array![1.0].view(),
+            array![0.0].view(),
+            0.0,
+        );
+        assert_eq!(y, array![[-1.0], [1.0]]);
+        assert_eq!(stats.var_unbiased, array![2.0]);
+        // a gradient equal to a constant shift is annihilated by the mean subtraction
+        let (dx, _, dbeta) =
+            batchnorm_backward(array![[1.0], [1.0]].view(), array![1.0].view(), &cache);
+        assert_eq!(dx, array![[0.0], [0.0]]);
+        assert_eq!(dbeta, array![2.0]);
+        let (y, _) = batchnorm_forward_eval(
+            array![[3.0]].view(),
+            array![2.0].view(),
+            array![1.0].view(),
+            array![1.0].view(),
+            array![4.0].view(),
+            0.0,
+        );
+        assert_eq!(y, array![[3.0]]); // 2 * (3 - 1) / 2 + 1
+    }
+
+    #[test]
+    fn running_update_is_pytorch_rule() {
+        let bn = BatchNorm1d::<f64>::new(1, 0.1, 1e-5);
+        let (mean, var) = bn.running_after(&BnStats {
+            mean: array![2.0],
+            var_unbiased: array![3.0],
+        });
+        assert!((mean[0] - 0.2).abs() < 1e-15);
+        assert!((var[0] - 1.2).abs() < 1e-15);
+    }
 }

@@ -1,5 +1,7 @@
 //! Fully connected layer, PyTorch layout (`weight` is `out x in`).
 
+use crate::check;
+use crate::error::Result;
 use crate::real::Real;
 use crate::rng::Rng;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
@@ -7,15 +9,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 /// `y = x Wᵀ + b`.
 ///
 /// Shapes: `x: N x in`, `w: out x in`, `b: out` → `y: N x out`.
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::linear_forward;
-/// let y = linear_forward(array![[1.0, 2.0]].view(), array![[1.0, 1.0], [0.0, 2.0]].view(),
-///                        array![0.5, -1.0].view());
-/// assert_eq!(y, array![[3.5, 3.0]]);
-/// ```
-pub fn linear_forward<F: Real>(
+pub(crate) fn linear_forward<F: Real>(
     x: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
     b: ArrayView1<'_, F>,
@@ -25,43 +19,25 @@ pub fn linear_forward<F: Real>(
     y
 }
 
-/// Gradients of a linear layer; each is `None` when it was not asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinearGrads<F> {
-    /// `dL/dx = dy W`, `N x in`.
-    pub x: Option<Array2<F>>,
-    /// `dL/dW = dyᵀ x`, `out x in`.
-    pub weight: Option<Array2<F>>,
-    /// `dL/db = Σ_rows dy`, `out`.
-    pub bias: Option<Array1<F>>,
-}
-
-/// Backward of [`linear_forward`].
+/// Backward of [`linear_forward`] to its input: `dx = dy W`.
 ///
-/// Shapes: `x: N x in`, `w: out x in`, `dy: N x out`.
-/// `need_x` asks for the input gradient, `need_params` for `dW` and `db`.
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::linear_backward;
-/// let g = linear_backward(array![[1.0, 2.0]].view(), array![[1.0, 1.0]].view(),
-///                         array![[3.0]].view(), true, true);
-/// assert_eq!(g.x.unwrap(), array![[3.0, 3.0]]);
-/// assert_eq!(g.weight.unwrap(), array![[3.0, 6.0]]);
-/// assert_eq!(g.bias.unwrap(), array![3.0]);
-/// ```
-pub fn linear_backward<F: Real>(
-    x: ArrayView2<'_, F>,
+/// Shapes: `dy: N x out`, `w: out x in` → `dx: N x in`.
+pub(crate) fn linear_backward_input<F: Real>(
     w: ArrayView2<'_, F>,
     dy: ArrayView2<'_, F>,
-    need_x: bool,
-    need_params: bool,
-) -> LinearGrads<F> {
-    LinearGrads {
-        x: need_x.then(|| dy.dot(&w)),
-        weight: need_params.then(|| dy.t().dot(&x)),
-        bias: need_params.then(|| dy.sum_axis(Axis(0))),
-    }
+) -> Array2<F> {
+    dy.dot(&w)
+}
+
+/// Backward of [`linear_forward`] to its parameters:
+/// `dW = dyᵀ x`, `db = Σ_rows dy`.
+///
+/// Shapes: `x: N x in`, `dy: N x out` → `(dW: out x in, db: out)`.
+pub(crate) fn linear_backward_params<F: Real>(
+    x: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+) -> (Array2<F>, Array1<F>) {
+    (dy.t().dot(&x), dy.sum_axis(Axis(0)))
 }
 
 /// A linear layer's parameters.
@@ -79,18 +55,18 @@ impl<F: Real> Linear<F> {
     /// for the bias. Draws come from [`Rng::uniform_in`] in `f64`, weight
     /// first (row-major), then bias, then rounded to `F`.
     ///
-    /// ```
-    /// use clae_reference::{layers::Linear, rng::Rng};
-    /// let l = Linear::<f64>::init(4, 3, &mut Rng::new(0));
-    /// assert_eq!(l.weight.dim(), (3, 4));
-    /// assert!(l.weight.iter().all(|w| w.abs() <= 0.5));
-    /// ```
-    pub fn init(fan_in: usize, fan_out: usize, rng: &mut Rng) -> Self {
+    /// Errors: [`crate::ClaeError::TooLarge`] when `out x in` cannot be
+    /// allocated (checked before anything is).
+    pub(crate) fn init(fan_in: usize, fan_out: usize, rng: &mut Rng) -> Result<Self> {
         let k = 1.0 / (fan_in as f64).sqrt();
-        let weight =
-            Array2::from_shape_simple_fn((fan_out, fan_in), || F::c(rng.uniform_in(-k, k)));
-        let bias = Array1::from_shape_simple_fn(fan_out, || F::c(rng.uniform_in(-k, k)));
-        Linear { weight, bias }
+        let len = check::elements("linear weight", &[fan_out, fan_in])?;
+        let w = check::try_filled("linear weight", len, || F::c(rng.uniform_in(-k, k)))?;
+        let b = check::try_filled("linear bias", fan_out, || F::c(rng.uniform_in(-k, k)))?;
+        Ok(Linear {
+            weight: Array2::from_shape_vec((fan_out, fan_in), w)
+                .expect("len = fan_out * fan_in was allocated above"),
+            bias: Array1::from_vec(b),
+        })
     }
 
     /// `in`, the input width.
@@ -101,5 +77,35 @@ impl<F: Real> Linear<F> {
     /// `out`, the output width.
     pub fn fan_out(&self) -> usize {
         self.weight.nrows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn forward_and_backward_on_small_numbers() {
+        let x = array![[1.0, 2.0]];
+        let w = array![[1.0, 1.0], [0.0, 2.0]];
+        let y = linear_forward(x.view(), w.view(), array![0.5, -1.0].view());
+        assert_eq!(y, array![[3.5, 3.0]]);
+        let w1 = array![[1.0, 1.0]];
+        let dy = array![[3.0]];
+        assert_eq!(
+            linear_backward_input(w1.view(), dy.view()),
+            array![[3.0, 3.0]]
+        );
+        let (dw, db) = linear_backward_params(x.view(), dy.view());
+        assert_eq!((dw, db), (array![[3.0, 6.0]], array![3.0]));
+    }
+
+    #[test]
+    fn init_is_pytorch_default_range() {
+        let l = Linear::<f64>::init(4, 3, &mut Rng::new(0)).unwrap();
+        assert_eq!(l.weight.dim(), (3, 4));
+        assert!(l.weight.iter().chain(l.bias.iter()).all(|w| w.abs() <= 0.5));
+        assert!(Linear::<f32>::init(usize::MAX, 2, &mut Rng::new(0)).is_err());
     }
 }

@@ -1,16 +1,26 @@
 //! The layers of the encoder, each a pair of plain functions
 //! `*_forward` / `*_backward` with the shapes written above them
-//! (llm.c style). They assume validated input; [`crate::encoder::Mlp`] checks.
+//! (llm.c style), and the parameter structs they read.
+//!
+//! The functions are crate-private: they compute on input the encoder has
+//! validated (shapes agree, values finite) and do not check it themselves.
+//! The public, validated entry points are [`crate::encoder::Mlp`]'s
+//! `forward`, `backward` and friends. Their unit tests (finite differences
+//! included) sit at the end of each file.
 
-pub mod batchnorm;
-pub mod linear;
-pub mod normalize;
-pub mod relu;
+pub(crate) mod batchnorm;
+pub(crate) mod linear;
+pub(crate) mod normalize;
+pub(crate) mod relu;
 
-pub use batchnorm::{
-    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BatchNorm1d, BnCache,
-    BnStats, DualBatchNorm1d,
-};
-pub use linear::{linear_backward, linear_forward, Linear, LinearGrads};
-pub use normalize::{l2_normalize_backward, l2_normalize_forward, NORMALIZE_EPS};
-pub use relu::{relu_backward, relu_forward};
+#[cfg(test)]
+mod gradcheck;
+
+pub use batchnorm::{BatchNorm1d, BnCache, BnStats, DualBatchNorm1d};
+pub use linear::Linear;
+pub use normalize::NORMALIZE_EPS;
+
+pub(crate) use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train};
+pub(crate) use linear::{linear_backward_input, linear_backward_params, linear_forward};
+pub(crate) use normalize::{l2_normalize_backward, l2_normalize_forward};
+pub(crate) use relu::{relu_backward, relu_forward};

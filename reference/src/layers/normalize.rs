@@ -10,14 +10,7 @@ pub const NORMALIZE_EPS: f64 = 1e-12;
 /// `z_i = u_i / max(‖u_i‖₂, eps)` per row. Shapes: `u: N x d` → `z: N x d`.
 ///
 /// A zero row stays zero (no NaN).
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::l2_normalize_forward;
-/// let z = l2_normalize_forward(array![[3.0, 4.0], [0.0, 0.0]].view(), 1e-12);
-/// assert_eq!(z, array![[0.6, 0.8], [0.0, 0.0]]);
-/// ```
-pub fn l2_normalize_forward<F: Real>(u: ArrayView2<'_, F>, eps: f64) -> Array2<F> {
+pub(crate) fn l2_normalize_forward<F: Real>(u: ArrayView2<'_, F>, eps: f64) -> Array2<F> {
     let eps = F::c(eps);
     let mut z = u.to_owned();
     for mut row in z.axis_iter_mut(Axis(0)) {
@@ -35,16 +28,7 @@ pub fn l2_normalize_forward<F: Real>(u: ArrayView2<'_, F>, eps: f64) -> Array2<F
 ///   `clamp_min` passes no gradient below its bound).
 ///
 /// Shapes: `u, z, dz: N x d` → `du: N x d`.
-///
-/// ```
-/// use ndarray::array;
-/// use clae_reference::layers::{l2_normalize_backward, l2_normalize_forward};
-/// let u = array![[2.0, 0.0]];
-/// let z = l2_normalize_forward(u.view(), 1e-12);
-/// let du = l2_normalize_backward(u.view(), z.view(), array![[1.0, 1.0]].view(), 1e-12);
-/// assert_eq!(du, array![[0.0, 0.5]]);
-/// ```
-pub fn l2_normalize_backward<F: Real>(
+pub(crate) fn l2_normalize_backward<F: Real>(
     u: ArrayView2<'_, F>,
     z: ArrayView2<'_, F>,
     dz: ArrayView2<'_, F>,
@@ -67,4 +51,42 @@ pub fn l2_normalize_backward<F: Real>(
             }
         });
     du
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn small_cases() {
+        let z = l2_normalize_forward(array![[3.0, 4.0], [0.0, 0.0]].view(), 1e-12);
+        assert_eq!(z, array![[0.6, 0.8], [0.0, 0.0]]);
+        let u = array![[2.0, 0.0]];
+        let z = l2_normalize_forward(u.view(), 1e-12);
+        let du = l2_normalize_backward(u.view(), z.view(), array![[1.0, 1.0]].view(), 1e-12);
+        assert_eq!(du, array![[0.0, 0.5]]);
+    }
+
+    #[test]
+    fn scaling_a_row_leaves_its_embedding_unchanged() {
+        let mut rng = crate::rng::Rng::new(65);
+        let u = ndarray::Array2::from_shape_simple_fn((6, 4), || rng.normal());
+        let z = l2_normalize_forward(u.view(), NORMALIZE_EPS);
+        for c in [1e-6, 0.3, 2.0, 1e6] {
+            let mut scaled = u.clone();
+            scaled.row_mut(2).mapv_inplace(|v| v * c);
+            let zs = l2_normalize_forward(scaled.view(), NORMALIZE_EPS);
+            let err = (&zs - &z).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(err < 1e-15, "c = {c}: {err:e}");
+            // and only that row was touched
+            for i in [0, 1, 3, 4, 5] {
+                assert_eq!(zs.row(i), z.row(i));
+            }
+        }
+        // every row of the output has unit norm
+        for row in z.rows() {
+            assert!((row.dot(&row) - 1.0).abs() < 1e-15);
+        }
+    }
 }

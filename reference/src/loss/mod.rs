@@ -1,10 +1,13 @@
-//! The three contrastive losses of SPEC 3, each a value and its analytic
-//! gradients with respect to both embedding sets.
+//! The three contrastive losses of docs/SPEC.md §3, each a value
+//! and its analytic gradients with respect to both embedding sets.
 //!
 //! All three read the loss as a cross-entropy whose "classifier weights" are
 //! the other view's embeddings. All are computed with the row maximum
-//! subtracted before exponentiating (log-sum-exp) and `log1p` for
-//! `log(1 − x)`, so they stay finite in `f32` for `tau` down to `0.01`.
+//! subtracted before exponentiating (log-sum-exp), `log1p` for
+//! `log(1 − x)` and the softmax-complement forms of docs/SPEC.md §3.4, so
+//! they stay finite and accurate in `f32` for `tau` down to `0.01`. Where the
+//! result itself is not representable (logits `<z_p, z_q> / tau` beyond the
+//! element type's range) the result is [`ClaeError::Overflow`].
 
 pub mod plain;
 pub mod simclr;
@@ -18,16 +21,16 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 /// Which loss a model is trained with (the three variants of the authors' code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LossKind {
-    /// SPEC 3.1: `N`-way batch cross-entropy `L_ce` (the paper's formulation).
+    /// docs/SPEC.md §3.1: `N`-way batch cross-entropy `L_ce` (the paper's formulation).
     Plain,
-    /// SPEC 3.2: SimCLR's symmetric `2N`-way NT-Xent.
+    /// docs/SPEC.md §3.2: SimCLR's symmetric `2N`-way NT-Xent.
     SimClr,
-    /// SPEC 3.3: the invariant-and-spreading batch criterion (Ye et al. 2019).
+    /// docs/SPEC.md §3.3: the invariant-and-spreading batch criterion (Ye et al. 2019).
     Uel,
 }
 
 impl LossKind {
-    /// All three, in SPEC order.
+    /// All three, in docs/SPEC.md order.
     pub const ALL: [LossKind; 3] = [LossKind::Plain, LossKind::SimClr, LossKind::Uel];
 
     /// Default temperature: 0.1 (Plain, UEL) or 0.5 (SimCLR).
@@ -35,7 +38,7 @@ impl LossKind {
     /// ```
     /// use clae_reference::loss::LossKind;
     /// assert_eq!(LossKind::SimClr.default_tau(), 0.5);
-    /// assert_eq!(LossKind::Uel.default_eps(), 0.03);
+    /// assert_eq!(LossKind::SimClr.default_eps(), 0.03);
     /// ```
     pub fn default_tau(self) -> f64 {
         match self {
@@ -44,12 +47,11 @@ impl LossKind {
         }
     }
 
-    /// Default FGSM step: 0.03 (Plain, UEL) or 0.01 (SimCLR).
+    /// Default FGSM step: 0.03 for all three — every run script of the
+    /// authors passes `--eps 0.03` (their SimCLR argparse default of 0.01 is
+    /// never used; docs/SPEC.md §5).
     pub fn default_eps(self) -> f64 {
-        match self {
-            LossKind::SimClr => 0.01,
-            LossKind::Plain | LossKind::Uel => 0.03,
-        }
+        0.03
     }
 
     /// Short lower-case name (`plain`, `simclr`, `uel`).
@@ -95,14 +97,18 @@ pub struct LossOutput<F> {
     pub grad_z_q: Array2<F>,
 }
 
-/// Validates a pair of embedding batches and `tau`.
+/// Validates a pair of embedding batches and `tau`; returns `tau` in `F`.
+/// The `2N x 2N` similarity matrix must be addressable.
 pub(crate) fn check_inputs<F: Real>(
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
-    tau: F,
-) -> Result<()> {
-    check::tau(tau)?;
-    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)
+    tau: f64,
+) -> Result<F> {
+    let tau = check::tau::<F>(tau)?;
+    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)?;
+    let two_n = z_p.nrows().saturating_mul(2);
+    check::elements("the similarity matrix", &[two_n, two_n])?;
+    Ok(tau)
 }
 
 /// The loss value only.
@@ -118,15 +124,17 @@ pub fn loss_value<F: Real>(
     kind: LossKind,
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
-    tau: F,
+    tau: f64,
 ) -> Result<F> {
     Ok(loss_forward_backward(kind, z_p, z_q, tau)?.value)
 }
 
 /// Value and gradients w.r.t. both embedding sets for `kind`.
-/// For UEL the "gradient" is the stop-gradient one of SPEC 3.3.
+/// For UEL the "gradient" is the stop-gradient one of docs/SPEC.md §3.3.
 ///
-/// Errors: shape mismatch, `N < 2`, `d = 0`, bad `tau`, non-finite entries.
+/// Errors: shape mismatch, `N < 2`, `d = 0`, bad `tau` (checked in `F`),
+/// non-finite entries, and [`ClaeError::Overflow`] when the value or a
+/// gradient is not representable in `F` (huge embeddings, tiny `tau`).
 ///
 /// ```
 /// use ndarray::array;
@@ -136,27 +144,44 @@ pub fn loss_value<F: Real>(
 /// assert!(out.value.is_finite());
 /// assert_eq!(out.grad_z_q.dim(), (2, 2));
 /// assert!(loss_forward_backward(LossKind::Uel, z_p.view(), z_p.view(), 0.0).is_err());
+/// let huge = array![[1e20f32, 0.0], [0.0, 1e20]];
+/// assert!(loss_forward_backward(LossKind::Plain, huge.view(), huge.view(), 0.1).is_err());
 /// ```
 pub fn loss_forward_backward<F: Real>(
     kind: LossKind,
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
-    tau: F,
+    tau: f64,
 ) -> Result<LossOutput<F>> {
-    check_inputs(z_p, z_q, tau)?;
-    Ok(loss_forward_backward_unchecked(kind, z_p, z_q, tau))
+    let tau_f = check_inputs(z_p, z_q, tau)?;
+    checked_loss(kind, z_p, z_q, tau_f, "Z_P, Z_Q and tau")
 }
 
-pub(crate) fn loss_forward_backward_unchecked<F: Real>(
+/// The loss on validated input, then the overflow check ([`ClaeError::Overflow`]
+/// blaming `cause` unless the value and both gradients are finite).
+pub(crate) fn checked_loss<F: Real>(
     kind: LossKind,
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
     tau: F,
-) -> LossOutput<F> {
-    match kind {
+    cause: &str,
+) -> Result<LossOutput<F>> {
+    let out = match kind {
         LossKind::Plain => plain::plain_loss_forward_backward(z_p, z_q, tau),
         LossKind::SimClr => simclr::simclr_loss_forward_backward(z_p, z_q, tau),
         LossKind::Uel => uel::uel_loss_forward_backward(z_p, z_q, tau),
+    };
+    let finite = out.value.is_finite()
+        && out.grad_z_p.iter().all(|v| v.is_finite())
+        && out.grad_z_q.iter().all(|v| v.is_finite());
+    if finite {
+        Ok(out)
+    } else {
+        Err(ClaeError::Overflow {
+            cause: format!("{cause} (tau = {tau})"),
+            quantity: format!("the {kind} loss or its gradient"),
+            precision: F::NAME.to_string(),
+        })
     }
 }
 

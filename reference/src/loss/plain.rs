@@ -1,4 +1,4 @@
-//! SPEC 3.1 — Plain: the batch cross-entropy of the paper.
+//! docs/SPEC.md §3.1 — Plain: the batch cross-entropy of the paper.
 //!
 //! ```text
 //! S[i,k] = ⟨Z_P[i], Z_Q[k]⟩ / tau                                  N x N
@@ -6,7 +6,7 @@
 //! A = rowsoftmax(S):   dL/dZ_P = (A − I) Z_Q / (N tau),   dL/dZ_Q = (A − I)ᵀ Z_P / (N tau)
 //! ```
 
-use super::{check_inputs, neg_log_softmax, softmax_complement, softmax_rows, LossOutput};
+use super::{neg_log_softmax, softmax_complement, softmax_rows, LossOutput};
 use crate::error::Result;
 use crate::real::Real;
 use ndarray::ArrayView2;
@@ -21,13 +21,12 @@ use ndarray::ArrayView2;
 /// let l = plain_loss(z.view(), z.view(), 0.5).unwrap();
 /// assert!((l - (1.0 + (-2f64).exp()).ln()).abs() < 1e-15);
 /// ```
-pub fn plain_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: F) -> Result<F> {
-    check_inputs(z_p, z_q, tau)?;
-    Ok(plain_loss_forward_backward(z_p, z_q, tau).value)
+pub fn plain_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: f64) -> Result<F> {
+    super::loss_value(super::LossKind::Plain, z_p, z_q, tau)
 }
 
 /// Value and both gradients, on validated input (see [`super::loss_forward_backward`]).
-pub fn plain_loss_forward_backward<F: Real>(
+pub(crate) fn plain_loss_forward_backward<F: Real>(
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
     tau: F,

@@ -1,4 +1,4 @@
-//! SPEC 3.2 — SimCLR's NT-Xent (`2N`-way, symmetric).
+//! docs/SPEC.md §3.2 — SimCLR's NT-Xent (`2N`-way, symmetric).
 //!
 //! ```text
 //! U = [Z_P; Z_Q]  (2N x d),   pos(a) = (a + N) mod 2N
@@ -12,9 +12,7 @@
 //! `n`, which removes each row's radial component. On unit-norm inputs the
 //! value equals the plain-dot-product value, but the gradient is tangential.
 
-use super::{
-    check_inputs, logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput,
-};
+use super::{logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput};
 use crate::error::Result;
 use crate::layers::{l2_normalize_backward, l2_normalize_forward};
 use crate::real::Real;
@@ -35,13 +33,12 @@ pub const COSINE_EPS: f64 = 1e-8;
 /// let expected = -2.0 + (2f64.exp() + 2.0).ln();
 /// assert!((simclr_loss(z.view(), z.view(), tau).unwrap() - expected).abs() < 1e-14);
 /// ```
-pub fn simclr_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: F) -> Result<F> {
-    check_inputs(z_p, z_q, tau)?;
-    Ok(simclr_loss_forward_backward(z_p, z_q, tau).value)
+pub fn simclr_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: f64) -> Result<F> {
+    super::loss_value(super::LossKind::SimClr, z_p, z_q, tau)
 }
 
 /// Value and both gradients, on validated input (see [`super::loss_forward_backward`]).
-pub fn simclr_loss_forward_backward<F: Real>(
+pub(crate) fn simclr_loss_forward_backward<F: Real>(
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
     tau: F,

@@ -1,4 +1,4 @@
-//! SPEC 3.3 — UEL: the invariant-and-spreading batch criterion (Ye et al. 2019).
+//! docs/SPEC.md §3.3 — UEL: the invariant-and-spreading batch criterion (Ye et al. 2019).
 //!
 //! ```text
 //! X = [Z_P; Z_Q]  (2N x d),   pos(a) = (a + N) mod 2N,   sg = stop-gradient
@@ -38,9 +38,7 @@
 //! with `1 − p[a,pos] = Σ_{c∉{a,pos}} p[a,c]`, which does not cancel when the
 //! positive dominates.
 
-use super::{
-    check_inputs, logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput,
-};
+use super::{logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput};
 use crate::error::Result;
 use crate::real::Real;
 use ndarray::{s, Array2, ArrayView1, ArrayView2};
@@ -57,9 +55,8 @@ use ndarray::{s, Array2, ArrayView1, ArrayView2};
 /// let expected = -((e / (e + 2.0)).ln() + 2.0 * (1.0 - 1.0 / (e + 2.0)).ln());
 /// assert!((uel_loss(z.view(), z.view(), 1.0).unwrap() - expected).abs() < 1e-14);
 /// ```
-pub fn uel_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: F) -> Result<F> {
-    check_inputs(z_p, z_q, tau)?;
-    Ok(uel_loss_forward_backward(z_p, z_q, tau).value)
+pub fn uel_loss<F: Real>(z_p: ArrayView2<'_, F>, z_q: ArrayView2<'_, F>, tau: f64) -> Result<F> {
+    super::loss_value(super::LossKind::Uel, z_p, z_q, tau)
 }
 
 /// `logsumexp` of `row` over all entries except `skip` (the diagonal is
@@ -72,7 +69,7 @@ fn logsumexp_without<F: Real>(row: ArrayView1<'_, F>, skip: usize) -> F {
 
 /// Value and both stop-gradient "gradients", on validated input
 /// (see [`super::loss_forward_backward`]).
-pub fn uel_loss_forward_backward<F: Real>(
+pub(crate) fn uel_loss_forward_backward<F: Real>(
     z_p: ArrayView2<'_, F>,
     z_q: ArrayView2<'_, F>,
     tau: F,

@@ -1,12 +1,11 @@
 //! Helpers shared by the reference crate's integration tests: random data,
-//! the SPEC 8 error measure, a central-difference gradient checker, and
+//! the docs/SPEC.md §8 error measure, a central-difference gradient checker, and
 //! naive, independent re-implementations of the three losses (plain loops,
 //! no log-sum-exp tricks) to check values against.
 
 #![allow(dead_code)]
 
-use clae_reference::encoder::{Branch, Forward, Mlp, MlpConfig, Mode};
-use clae_reference::layers::linear_forward;
+use clae_reference::encoder::{Branch, Forward, Mlp, MlpConfig, MlpGrads, Mode};
 use clae_reference::rng::Rng;
 use ndarray::{Array, Array1, Array2, ArrayView2, Dimension};
 
@@ -25,7 +24,7 @@ pub fn unit_rows(rng: &mut Rng, n: usize, m: usize) -> Array2<f64> {
     z
 }
 
-/// SPEC 8: `max|a − b| / max|b|`, `b` the reference side. Where `max|b| = 0`
+/// docs/SPEC.md §8: `max|a − b| / max|b|`, `b` the reference side. Where `max|b| = 0`
 /// it returns `max|a|` (which must then be exactly zero to pass a relative
 /// test).
 pub fn rel_err<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
@@ -68,7 +67,7 @@ pub fn rel_err_scalar(a: f64, b: f64) -> f64 {
 }
 
 /// Prints one line the lead can quote (`cargo test -- --nocapture`) and
-/// asserts the SPEC'd finite-difference tolerance.
+/// asserts the docs/SPEC.md finite-difference tolerance.
 pub fn report_fd(name: &str, err: f64) {
     println!("FD-CHECK {name:<58} max rel err = {err:.3e}");
     assert!(
@@ -196,11 +195,7 @@ pub fn relu_margin(mlp: &Mlp<f64>, fwd: &Forward<f64>) -> f64 {
         margin = margin.min(pre.iter().fold(f64::INFINITY, |m, v| m.min(v.abs())));
     }
     let last = fwd.acts.last().expect("input is acts[0]");
-    let pre = linear_forward(
-        last.view(),
-        mlp.head[0].weight.view(),
-        mlp.head[0].bias.view(),
-    );
+    let pre = last.dot(&mlp.head[0].weight.t()) + &mlp.head[0].bias;
     margin.min(pre.iter().fold(f64::INFINITY, |m, v| m.min(v.abs())))
 }
 
@@ -249,12 +244,12 @@ pub fn kink_free_setup(
     panic!("no kink-free seed found");
 }
 
-/// Index of the positive of stacked row `a` (SPEC 3.2, 3.3).
+/// Index of the positive of stacked row `a` (docs/SPEC.md §3.2, 3.3).
 pub fn pos(a: usize, n: usize) -> usize {
     (a + n) % (2 * n)
 }
 
-/// Naive SPEC 3.1, straight from the formula (no max subtraction).
+/// Naive docs/SPEC.md §3.1, straight from the formula (no max subtraction).
 pub fn naive_plain(z_p: ArrayView2<f64>, z_q: ArrayView2<f64>, tau: f64) -> f64 {
     let n = z_p.nrows();
     let mut total = 0.0;
@@ -266,7 +261,7 @@ pub fn naive_plain(z_p: ArrayView2<f64>, z_q: ArrayView2<f64>, tau: f64) -> f64 
     -total / n as f64
 }
 
-/// Naive SPEC 3.2, with its own normalisation `u / max(‖u‖, 1e-8)`.
+/// Naive docs/SPEC.md §3.2, with its own normalisation `u / max(‖u‖, 1e-8)`.
 pub fn naive_simclr(z_p: ArrayView2<f64>, z_q: ArrayView2<f64>, tau: f64) -> f64 {
     let n = z_p.nrows();
     let u: Vec<Array1<f64>> = z_p
@@ -287,7 +282,7 @@ pub fn naive_simclr(z_p: ArrayView2<f64>, z_q: ArrayView2<f64>, tau: f64) -> f64
     total / (2 * n) as f64
 }
 
-/// Naive SPEC 3.3 with separate left and right factors:
+/// Naive docs/SPEC.md §3.3 with separate left and right factors:
 /// `e[a,b] = exp(⟨left[a], right[b]⟩ / tau)`. With `right` held constant
 /// this is the scalar whose gradient w.r.t. `left` is UEL's stop-gradient
 /// "gradient"; with `right = left` it is `L_uel` itself.
@@ -324,7 +319,15 @@ pub fn permute_rows(x: ArrayView2<f64>, perm: &[usize]) -> Array2<f64> {
     x.select(ndarray::Axis(0), perm)
 }
 
-/// SPEC 8 error between two sets of parameter gradients, tensor by tensor,
+/// The gradients of `g` as owned tensors, in parameter order.
+pub fn owned<F: clae_reference::Real>(g: &MlpGrads<F>) -> Vec<Option<ndarray::ArrayD<F>>> {
+    g.tensors()
+        .into_iter()
+        .map(|t| t.map(|t| t.to_owned()))
+        .collect()
+}
+
+/// docs/SPEC.md §8 error between two sets of parameter gradients, tensor by tensor,
 /// the largest over tensors. `None` must match `None`. A tensor of `b` that is
 /// structurally zero (below `1e-12` of the largest entry of the whole set —
 /// the linear bias in front of a training-mode BatchNorm) is measured
@@ -351,9 +354,9 @@ pub fn grad_set_err(a: &[Option<ndarray::ArrayD<f64>>], b: &[Option<ndarray::Arr
     worst
 }
 
-/// The scalar whose input gradient is `g` and which FGSM ascends (SPEC 4):
+/// The scalar whose input gradient is `g` and which FGSM ascends (docs/SPEC.md §4):
 /// `L(W, f_adv(X))` with `W = f_adv(P)` held constant; for UEL also the
-/// right factors frozen at `right` (SPEC 3.3).
+/// right factors frozen at `right` (docs/SPEC.md §3.3).
 pub fn adv_scalar(
     mlp: &Mlp<f64>,
     w: &Array2<f64>,
