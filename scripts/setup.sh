@@ -7,7 +7,8 @@
 #   * scikit-learn's wheel, only to take the 8x8 digits CSV out of it (issue 6);
 #   * a generated, git-ignored `.cargo/config.toml` that tells torch-sys where
 #     libtorch is and gives every binary an rpath to it, so plain `cargo test`
-#     and `cargo bench` work afterwards without LD_LIBRARY_PATH.
+#     and `cargo bench` work afterwards without LD_LIBRARY_PATH; it also names
+#     the venv's python (CLAE_PYTHON), which runs the PyTorch eager baseline.
 #
 # The second run costs well under a second: every step checks a marker first.
 # Usage: scripts/setup.sh            (prints what it did)
@@ -87,6 +88,7 @@ LIBTORCH = "$torch_dir"
 LIBTORCH_CXX11_ABI = "$cxx11_abi"
 CLAE_TORCH_LIB = "$torch_dir/lib"
 CLAE_DIGITS_CSV = "$digits"
+CLAE_PYTHON = "$venv/bin/python"
 
 [build]
 rustflags = ["-C", "link-arg=-Wl,-rpath,$torch_dir/lib"]

@@ -71,6 +71,15 @@ impl Adv {
     fn steps(&self) -> usize {
         self.pgd.map_or(1, |(k, _)| k)
     }
+
+    /// The reference's rule: the view keeps `g` of every step, `k` arrays
+    /// shaped like the batch, which must be addressable and allocatable.
+    pub(crate) fn check_steps<E: Encoder + ?Sized>(&self, enc: &E, x: &Tensor) -> Result<()> {
+        let what = "the input gradients of every PGD step";
+        let kept = clae_reference::check::elements(what, &[self.steps(), x.numel()])?;
+        for_precision!(enc.precision(), F => clae_reference::check::allocatable::<F>(what, kept))?;
+        Ok(())
+    }
 }
 
 /// Places both views on the encoder's device and precision and validates
@@ -78,7 +87,7 @@ impl Adv {
 pub(crate) fn prepare<E: Encoder + ?Sized>(
     enc: &E,
     p: &Tensor,
-    q: &Tensor,
+    (q_name, q): (&str, &Tensor),
     tau: f64,
     cfg: &AdvConfig,
 ) -> Result<(Tensor, Tensor, Adv)> {
@@ -87,8 +96,11 @@ pub(crate) fn prepare<E: Encoder + ?Sized>(
     let adv = Adv::new(cfg, enc.precision())?;
     let p = crate::convert::placed(p, enc.device(), enc.precision())?;
     let q = crate::convert::placed(q, enc.device(), enc.precision())?;
-    check::pair(("P", &p), ("Q", &q), Some(&enc.input_shape()))?;
+    check::pair_shapes(("P", &p), (q_name, &q), Some(&enc.input_shape()))?;
     enc.check_activations("P", &p)?;
+    adv.check_steps(enc, &p)?;
+    check::finite("P", &p)?;
+    check::finite(q_name, &q)?;
     Ok((p, q, adv))
 }
 
@@ -144,7 +156,7 @@ pub fn input_gradient<E: Encoder + ?Sized>(
     loss: LossKind,
     tau: f64,
 ) -> Result<Tensor> {
-    let (p, x, _) = prepare(enc, p, x, tau, &AdvConfig::fgsm(0.0))?;
+    let (p, x, _) = prepare(enc, p, ("X", x), tau, &AdvConfig::fgsm(0.0))?;
     let mode = Mode::Train(Branch::Adv);
     let _frozen = FrozenParameters::new(enc)?;
     let mut health = Health::new(enc.precision());
@@ -154,7 +166,7 @@ pub fn input_gradient<E: Encoder + ?Sized>(
         let x = leaf(&x)?;
         health.blame("X");
         let z = enc.forward_unchecked(&x, mode, false, &mut health)?;
-        one_gradient(&checked_loss(loss, &w, &z, tau, &mut health)?, &x)
+        one_gradient(&checked_loss(loss, &w, &z, tau, &mut health)?.0, &x)
     })?;
     health.blame("P, X and tau");
     health.push_finite("the input gradient g", &g)?;
@@ -185,7 +197,7 @@ pub fn adversarial_view<E: Encoder + ?Sized>(
     tau: f64,
     cfg: &AdvConfig,
 ) -> Result<AdvView> {
-    let (p, q, adv) = prepare(enc, p, q, tau, cfg)?;
+    let (p, q, adv) = prepare(enc, p, ("Q", q), tau, cfg)?;
     let mut health = Health::new(enc.precision());
     let view = lean_view_unchecked(enc, &p, &q, loss, tau, &adv, &mut health)?;
     health.check()?;
@@ -235,7 +247,7 @@ pub(crate) fn lean_view_unchecked<E: Encoder + ?Sized>(
                 }
             };
             health.blame("the adversarial pass's embeddings and tau");
-            let g = one_gradient(&checked_loss(loss, &anchors, &z, tau, health)?, &x_leaf)?;
+            let g = one_gradient(&checked_loss(loss, &anchors, &z, tau, health)?.0, &x_leaf)?;
             health.blame("the adversarial pass (P, Q_start and tau)");
             health.push_finite("the input gradient g", &g)?;
             x = sign_step(&x, &g, start, adv)?;
@@ -282,7 +294,7 @@ pub fn adversarial_view_authors<E: Encoder + ?Sized>(
     tau: f64,
     cfg: &AdvConfig,
 ) -> Result<AdvView> {
-    let (p, q, adv) = prepare(enc, p, q, tau, cfg)?;
+    let (p, q, adv) = prepare(enc, p, ("Q", q), tau, cfg)?;
     let saved = BufferSnapshot::take(enc)?;
     let mut health = Health::new(enc.precision());
     let view = authors_view_unchecked(enc, &p, &q, loss, tau, &adv, &mut health).and_then(|v| {
@@ -321,7 +333,7 @@ pub(crate) fn authors_view_unchecked<E: Encoder + ?Sized>(
             health.blame("the adversarial view");
             let z_x = enc.forward_unchecked(&x_leaf, mode, true, health)?;
             health.blame("the adversarial pass's embeddings and tau");
-            let l = checked_loss(loss, &z_p, &z_x, tau, health)?;
+            let (l, _) = checked_loss(loss, &z_p, &z_x, tau, health)?;
             // The full backward: the input and every parameter.
             let mut inputs: Vec<&Tensor> = vec![&x_leaf];
             inputs.extend(params.iter().filter(|t| t.requires_grad()));

@@ -37,77 +37,199 @@ macro_rules! for_precision {
 }
 pub(crate) use for_precision;
 
-/// What a computation found about the representability of its own results:
-/// one flag per check, each a 0-d tensor on the computation's device that is
-/// finite when the check passed. [`Health::check`] reads them all with one
-/// synchronisation; the first that failed becomes a
-/// [`ClaeError::Overflow`] naming its cause and quantity.
+/// What a computation found about the representability of its own results
+/// (and, in a training step, the magnitudes the optimizer's overflow guard
+/// needs), read with one device synchronisation.
 ///
-/// The flags cost a reduction each and no synchronisation until the end, so
-/// a training step pays for one transfer of a few numbers.
+/// Two kinds of entries:
+///
+/// * **values**: 0-d tensors, each read back (a loss, `max |g|` of a
+///   gradient, `max |p|` of a parameter); the check fails where one is not
+///   finite;
+/// * **small tensors** (BatchNorm statistics, embedding norms, running
+///   statistics): every entry finite, or every entry `> 0` — checked
+///   together by one reduction each, so a ResNet's sixty BatchNorm passes
+///   cost two reductions, not sixty.
+///
+/// [`Health::read`] makes the one transfer; when something failed, the
+/// entries are examined one by one (the slow path only) and the first that
+/// failed becomes a [`ClaeError::Overflow`] naming its cause and quantity.
 #[derive(Debug)]
 pub struct Health {
     precision: Precision,
     cause: String,
-    flags: Vec<(String, String, Tensor)>,
+    values: Vec<(String, String, Tensor)>,
+    finite: Vec<(String, String, Tensor)>,
+    positive: Vec<(String, String, Tensor)>,
+}
+
+/// What [`Health::read`] read.
+#[derive(Debug)]
+pub(crate) struct Reading {
+    /// The values, in the order they were pushed.
+    pub(crate) values: Vec<f64>,
+    /// The first failed entry, as the error to return (after the caller has
+    /// ruled out invalid input: see the steps).
+    pub(crate) failure: Option<ClaeError>,
+}
+
+fn inf_norm(t: &Tensor) -> Result<Tensor> {
+    // linalg_norm(inf) is max |t| in one pass without a temporary, NaN
+    // propagating; it has no identity on an empty tensor (and a failing
+    // op with a Scalar argument panics in tch 0.24's Scalar drop): 0 there.
+    if t.numel() == 0 {
+        return Ok(Tensor::f_zeros([], (Kind::Double, t.device()))?);
+    }
+    // (linalg_norm without `dim` takes 1-D or 2-D input: flattened first)
+    Ok(t.f_detach()?
+        .f_reshape([-1])?
+        .f_linalg_norm(f64::INFINITY, None::<&[i64]>, false, None::<Kind>)?
+        .f_to_kind(Kind::Double)?)
 }
 
 impl Health {
-    /// No flags yet; overflow errors will say `precision`.
+    /// No entries yet; overflow errors will say `precision`.
     pub(crate) fn new(precision: Precision) -> Self {
         Health {
             precision,
             cause: String::new(),
-            flags: Vec::new(),
+            values: Vec::new(),
+            finite: Vec::new(),
+            positive: Vec::new(),
         }
     }
 
-    /// The input the flags pushed from now on are blamed on (`P`, `Q`, ...).
+    /// The input the entries pushed from now on are blamed on (`P`, `Q`, ...).
     pub(crate) fn blame(&mut self, cause: &str) {
         self.cause = cause.to_string();
     }
 
-    /// A flag that is finite exactly when `quantity` is representable.
-    pub(crate) fn push(&mut self, quantity: impl Into<String>, flag: Tensor) {
-        self.flags.push((self.cause.clone(), quantity.into(), flag));
+    /// A 0-d value that must be finite; returns its index in [`Reading::values`].
+    pub(crate) fn push(&mut self, quantity: impl Into<String>, value: Tensor) -> usize {
+        self.values
+            .push((self.cause.clone(), quantity.into(), value));
+        self.values.len() - 1
     }
 
-    /// A flag for "every entry of `t` is finite": `max |t|` (NaN and inf
-    /// propagate through it).
-    pub(crate) fn push_finite(&mut self, quantity: impl Into<String>, t: &Tensor) -> Result<()> {
-        let flag = if t.numel() == 0 {
-            Tensor::f_zeros([], (Kind::Double, t.device()))?
-        } else {
-            t.f_detach()?.f_abs()?.f_max()?.f_to_kind(Kind::Double)?
-        };
-        self.push(quantity, flag);
+    /// `max |t|` as a value (every entry of `t` finite); returns its index.
+    pub(crate) fn push_finite(&mut self, quantity: impl Into<String>, t: &Tensor) -> Result<usize> {
+        Ok(self.push(quantity, inf_norm(t)?))
+    }
+
+    /// A small tensor whose every entry must be finite (checked with the
+    /// others in one reduction).
+    pub(crate) fn push_small_finite(
+        &mut self,
+        quantity: impl Into<String>,
+        t: &Tensor,
+    ) -> Result<()> {
+        self.finite.push((
+            self.cause.clone(),
+            quantity.into(),
+            t.f_detach()?.f_reshape([-1])?,
+        ));
         Ok(())
     }
 
-    /// Reads every flag (one synchronisation) and fails at the first that is
-    /// not finite.
-    pub(crate) fn check(&self) -> Result<()> {
-        if self.flags.is_empty() {
-            return Ok(());
-        }
-        let flags: Vec<Tensor> = self
-            .flags
+    /// A small tensor whose every entry must be `> 0` (and not NaN).
+    pub(crate) fn push_small_positive(
+        &mut self,
+        quantity: impl Into<String>,
+        t: &Tensor,
+    ) -> Result<()> {
+        self.positive.push((
+            self.cause.clone(),
+            quantity.into(),
+            t.f_detach()?.f_reshape([-1])?,
+        ));
+        Ok(())
+    }
+
+    /// One reduction over a group of small tensors: `max |t|` for the
+    /// finite group, `min t` (NaN propagating) for the positive group.
+    fn summary(group: &[(String, String, Tensor)], positive: bool) -> Result<Option<Tensor>> {
+        let parts: Vec<Tensor> = group
             .iter()
-            .map(|(_, _, f)| f.f_to_kind(Kind::Double))
+            .filter(|(_, _, t)| t.numel() > 0)
+            .map(|(_, _, t)| t.f_to_kind(Kind::Double))
             .collect::<std::result::Result<_, _>>()?;
-        let values =
-            Vec::<f64>::try_from(&Tensor::f_stack(&flags, 0)?.f_to_device(tch::Device::Cpu)?)?;
-        match values.iter().position(|v| !v.is_finite()) {
-            None => Ok(()),
-            Some(i) => {
-                let (cause, quantity, _) = &self.flags[i];
-                Err(ClaeError::Overflow {
-                    cause: cause.clone(),
-                    quantity: quantity.clone(),
-                    precision: self.precision.name().to_string(),
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let all = Tensor::f_cat(&parts, 0)?;
+        // torch's full min / max reductions propagate NaN
+        Ok(Some(if positive {
+            all.f_min()?
+        } else {
+            inf_norm(&all)?
+        }))
+    }
+
+    /// Reads every entry with one transfer.
+    pub(crate) fn read(&self) -> Result<Reading> {
+        let mut scalars: Vec<Tensor> = self
+            .values
+            .iter()
+            .map(|(_, _, v)| v.f_to_kind(Kind::Double))
+            .collect::<std::result::Result<_, _>>()?;
+        let finite = Self::summary(&self.finite, false)?;
+        let positive = Self::summary(&self.positive, true)?;
+        scalars.extend(finite.iter().map(|t| t.shallow_clone()));
+        scalars.extend(positive.iter().map(|t| t.shallow_clone()));
+        if scalars.is_empty() {
+            return Ok(Reading {
+                values: Vec::new(),
+                failure: None,
+            });
+        }
+        let mut all =
+            Vec::<f64>::try_from(&Tensor::f_stack(&scalars, 0)?.f_to_device(tch::Device::Cpu)?)?;
+        let positive_min = positive.is_some().then(|| all.pop()).flatten();
+        let finite_max = finite.is_some().then(|| all.pop()).flatten();
+        let overflow = |(cause, quantity, _): &(String, String, Tensor)| ClaeError::Overflow {
+            cause: cause.clone(),
+            quantity: quantity.clone(),
+            precision: self.precision.name().to_string(),
+        };
+        let mut failure = self
+            .values
+            .iter()
+            .zip(&all)
+            .find(|(_, v)| !v.is_finite())
+            .map(|(e, _)| overflow(e));
+        if failure.is_none() && finite_max.is_some_and(|m| !m.is_finite()) {
+            for e in &self.finite {
+                if !inf_norm(&e.2)?.f_double_value(&[])?.is_finite() {
+                    failure = Some(overflow(e));
+                    break;
                 }
-                .into())
             }
+        }
+        if failure.is_none() && positive_min.is_some_and(|m| m.is_nan() || m <= 0.0) {
+            for e in &self.positive {
+                let min = if e.2.numel() > 0 {
+                    e.2.f_min()?.f_double_value(&[])?
+                } else {
+                    1.0
+                };
+                if min.is_nan() || min <= 0.0 {
+                    failure = Some(overflow(e));
+                    break;
+                }
+            }
+        }
+        Ok(Reading {
+            values: all,
+            failure,
+        })
+    }
+
+    /// [`Health::read`], failing at the first failed entry.
+    pub(crate) fn check(&self) -> Result<Reading> {
+        let reading = self.read()?;
+        match reading.failure {
+            Some(e) => Err(e.into()),
+            None => Ok(reading),
         }
     }
 }
@@ -120,16 +242,7 @@ pub(crate) fn magnitudes(ts: &[&Tensor]) -> Result<Vec<f64>> {
     if ts.is_empty() {
         return Ok(Vec::new());
     }
-    let maxima = ts
-        .iter()
-        .map(|t| -> Result<Tensor> {
-            let t = t.f_detach()?;
-            if t.numel() == 0 {
-                return Ok(Tensor::f_zeros([], (Kind::Double, t.device()))?);
-            }
-            Ok(t.f_abs()?.f_max()?.f_to_kind(Kind::Double)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let maxima = ts.iter().map(|t| inf_norm(t)).collect::<Result<Vec<_>>>()?;
     Ok(Vec::<f64>::try_from(
         &Tensor::f_stack(&maxima, 0)?.f_to_device(tch::Device::Cpu)?,
     )?)
@@ -208,12 +321,12 @@ fn batch_shape(what: &str, n: i64, c: i64, cols: Option<usize>) -> Result<()> {
     check::batch(what, view, cols).map_err(Error::from)
 }
 
-/// A batch `x` of `N >= 2` images, each of shape `per_image` when given
-/// (`[D_in]` for the MLP, `[C, H, W]` for the ResNet), finite.
-///
-/// The order of the checks is the reference's: shape against the encoder,
-/// zero-size image, `N < 2`, then values.
-pub(crate) fn batch(what: &str, x: &Tensor, per_image: Option<&[i64]>) -> Result<()> {
+/// The shape of a batch `x` of `N >= 2` images, each of shape `per_image`
+/// when given (`[D_in]` for the MLP, `[C, H, W]` for the ResNet), in the
+/// reference's order: shape against the encoder, zero-size image, `N < 2`.
+/// The values are checked separately ([`finite`]), with no device
+/// synchronisation here.
+pub(crate) fn batch_shape_only(what: &str, x: &Tensor, per_image: Option<&[i64]>) -> Result<()> {
     let size = x.size();
     let expected = |dims: &[i64]| format!("N x {}", shape_string(dims));
     if size.is_empty() || per_image.is_some_and(|d| d.len() + 1 != size.len()) {
@@ -243,12 +356,14 @@ pub(crate) fn batch(what: &str, x: &Tensor, per_image: Option<&[i64]>) -> Result
         }
         None => batch_shape(what, n, cols, None)?,
     }
-    finite(what, x)
+    Ok(())
 }
 
-/// Two views of the same batch: same shape (checked first, with the
-/// reference's message), then each a valid [`batch`].
-pub(crate) fn pair(
+/// Two views of the same batch: the same shape (checked first, with the
+/// reference's message), then each a valid [`batch_shape_only`]. The values
+/// are read by the caller (the steps read them with their other checks and
+/// locate a non-finite entry only if one is there).
+pub(crate) fn pair_shapes(
     (name_a, a): (&str, &Tensor),
     (name_b, b): (&str, &Tensor),
     per_image: Option<&[i64]>,
@@ -261,8 +376,8 @@ pub(crate) fn pair(
         }
         .into());
     }
-    batch(name_a, a, per_image)?;
-    batch(name_b, b, per_image)
+    batch_shape_only(name_a, a, per_image)?;
+    batch_shape_only(name_b, b, per_image)
 }
 
 /// `tau` finite and `> 0` in the element type ([`check::tau`]).

@@ -51,6 +51,15 @@ pub fn array_from_tensor<F: TchReal>(t: &Tensor) -> Result<ArrayD<F>> {
         .f_contiguous()?
         .f_reshape([-1])?;
     let values = Vec::<F>::try_from(&flat)?;
+    if values.iter().any(|v| !v.is_finite()) && crate::check::finite("the tensor", t).is_ok() {
+        // finite in the tensor's kind, not in F (e.g. 1e300 into f32)
+        return Err(clae_reference::ClaeError::Overflow {
+            cause: "the tensor's values".into(),
+            quantity: format!("the array in {}", F::NAME),
+            precision: F::NAME.to_string(),
+        }
+        .into());
+    }
     ArrayD::from_shape_vec(IxDyn(&shape), values)
         .map_err(|e| Error::Torch(format!("tensor to array: {e}")))
 }
@@ -64,6 +73,14 @@ pub fn array_from_tensor<F: TchReal>(t: &Tensor) -> Result<ArrayD<F>> {
 /// assert!(array2_from_tensor::<f64>(&t.reshape([4])).is_err());
 /// ```
 pub fn array2_from_tensor<F: TchReal>(t: &Tensor) -> Result<Array2<F>> {
+    if t.dim() != 2 {
+        return Err(clae_reference::ClaeError::ShapeMismatch {
+            what: "the tensor".into(),
+            expected: "a 2-D tensor".into(),
+            actual: crate::check::shape_string(&t.size()),
+        }
+        .into());
+    }
     array_from_tensor::<F>(t)?
         .into_dimensionality()
         .map_err(|e| Error::Torch(format!("expected a 2-D tensor: {e}")))

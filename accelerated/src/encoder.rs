@@ -148,16 +148,75 @@ pub trait Encoder {
             .iter()
             .map(|e| (e.name.as_str(), &e.tensor))
             .collect();
-        check::all_finite(&named)
+        check::all_finite(&named)?;
+        self.validate_running_var()
     }
 
-    /// The activations of a pass over the batch `x` can be addressed
-    /// ([`clae_reference::check::elements`]).
+    /// Every running variance is `>= 0` ([`ClaeError::InvalidState`] at the
+    /// first negative entry, as the reference).
+    fn validate_running_var(&self) -> Result<()> {
+        for e in self
+            .tensors()
+            .entries()
+            .iter()
+            .filter(|e| e.name.ends_with("running_var"))
+        {
+            if e.tensor.numel() > 0 && e.tensor.f_min()?.f_double_value(&[])? < 0.0 {
+                let a = crate::convert::array_from_tensor::<f64>(&e.tensor)?;
+                clae_reference::check::non_negative_entries(&e.name, a.view())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The activations of a pass over the batch `x` can be addressed and
+    /// allocated (the reference's rule, [`clae_reference::check::elements`]
+    /// and [`clae_reference::check::allocatable`]); the MLP applies exactly
+    /// [`clae_reference::encoder::MlpConfig::check_batch_size`].
     fn check_activations(&self, what: &str, x: &Tensor) -> Result<()> {
         if let Some(&n) = x.size().first() {
-            clae_reference::check::elements(
-                &format!("activations of {what}"),
+            let what = format!("activations of {what}");
+            let acts = clae_reference::check::elements(
+                &what,
                 &[n.max(0) as usize, self.activations_per_image()],
+            )?;
+            check::for_precision!(self.precision(), F => clae_reference::check::allocatable::<F>(&what, acts))?;
+        }
+        Ok(())
+    }
+
+    /// The small tensors — BatchNorm affine parameters and running
+    /// statistics, which a pass may not read (the other branch, or running
+    /// statistics in training mode) — as one "every entry finite" check in
+    /// `health`. The large ones (weights) are read by every pass, so a
+    /// non-finite entry there shows in its loss.
+    fn push_small_tensors(&self, health: &mut Health) -> Result<()> {
+        let small: Vec<Tensor> = self
+            .tensors()
+            .entries()
+            .iter()
+            .filter(|e| e.role == Role::Buffer || e.name.contains(".bn"))
+            .map(|e| e.tensor.f_detach()?.f_reshape([-1]))
+            .collect::<std::result::Result<_, _>>()?;
+        if !small.is_empty() {
+            health.blame("the encoder");
+            health.push_small_finite(
+                "BatchNorm parameters and running statistics",
+                &Tensor::f_cat(&small, 0)?,
+            )?;
+        }
+        let vars: Vec<Tensor> = self
+            .tensors()
+            .entries()
+            .iter()
+            .filter(|e| e.name.ends_with("running_var"))
+            .map(|e| e.tensor.f_detach()?.f_reshape([-1]))
+            .collect::<std::result::Result<_, _>>()?;
+        if !vars.is_empty() {
+            // ">= 0" as "> 0" of the variances plus one
+            health.push_small_positive(
+                "the running variances",
+                &Tensor::f_cat(&vars, 0)?.f_add_scalar(1.0)?,
             )?;
         }
         Ok(())
@@ -172,18 +231,20 @@ pub trait Encoder {
             .filter(|e| e.role == Role::Buffer)
             .map(|e| (e.name.as_str(), &e.tensor))
             .collect();
-        check::all_finite(&named)
+        check::all_finite(&named)?;
+        self.validate_running_var()
     }
 
     /// `x` as an input batch: moved to the encoder's device and precision
     /// (a no-op when it is there already), shape and values checked. Training
     /// mode needs `N >= 2`.
     fn prepare_input(&self, what: &str, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        // docs/SPEC.md §7.1's order: shape (and N >= 2 in training mode),
+        // size, values
         let x = crate::convert::placed(x, self.device(), self.precision())?;
         let shape = self.input_shape();
-        self.check_activations(what, &x)?;
         match mode {
-            Mode::Train(_) => check::batch(what, &x, Some(&shape))?,
+            Mode::Train(_) => check::batch_shape_only(what, &x, Some(&shape))?,
             Mode::Eval => {
                 let size = x.size();
                 if size.len() != shape.len() + 1 || size[1..] != shape[..] {
@@ -194,9 +255,10 @@ pub trait Encoder {
                     }
                     .into());
                 }
-                check::finite(what, &x)?;
             }
         }
+        self.check_activations(what, &x)?;
+        check::finite(what, &x)?;
         Ok(x)
     }
 
@@ -324,8 +386,20 @@ pub trait Encoder {
                 .into());
             }
             clae_reference::check::finite(&e.name, entry.value.view())?;
+            if e.name.ends_with("running_var") {
+                clae_reference::check::non_negative_entries(&e.name, entry.value.view())?;
+            }
             let t = tensor_from_array(entry.value.view(), self.device())?
                 .f_to_kind(self.precision().kind())?;
+            if check::finite(&e.name, &t).is_err() {
+                // finite as given, not in this precision
+                return Err(ClaeError::Overflow {
+                    cause: format!("the state entry `{}`", e.name),
+                    quantity: "its values".into(),
+                    precision: self.precision().name().to_string(),
+                }
+                .into());
+            }
             values.push(t);
         }
         if let Some(extra) = rest.first() {

@@ -56,7 +56,22 @@ impl Error {
 }
 
 impl From<tch::TchError> for Error {
+    /// An allocation libtorch could not make is the reference's
+    /// [`ClaeError::TooLarge`] (docs/SPEC.md §7.1); any other libtorch error
+    /// is [`Error::Torch`].
     fn from(e: tch::TchError) -> Self {
-        Error::Torch(e.to_string())
+        let msg = e.to_string();
+        let lower = msg.to_ascii_lowercase();
+        if lower.contains("not enough memory")
+            || lower.contains("out of memory")
+            || lower.contains("can't allocate")
+        {
+            let first = msg.lines().next().unwrap_or_default().to_string();
+            return Error::Spec(ClaeError::TooLarge {
+                what: "a libtorch allocation".into(),
+                detail: first,
+            });
+        }
+        Error::Torch(msg)
     }
 }

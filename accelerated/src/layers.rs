@@ -58,8 +58,7 @@ impl DualBatchNorm {
     ///
     /// In training mode the batch statistics are representable exactly when
     /// the saved mean is finite and the saved `1/√(σ² + eps)` is not 0 (an
-    /// overflowed `σ²` gives 0): `health` gets the flag
-    /// `max|μ| + max(√(σ² + eps))`, finite exactly then.
+    /// overflowed `σ²` gives 0): both go into `health`.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
@@ -108,13 +107,10 @@ impl DualBatchNorm {
                 bn.eps,
             )?,
         };
-        let flag = tch::no_grad(|| -> Result<Tensor> {
-            Ok(save_mean
-                .f_abs()?
-                .f_max()?
-                .f_add(&save_invstd.f_reciprocal()?.f_max()?)?)
-        })?;
-        health.push(format!("the batch statistics of {}", self.name), flag);
+        let what = format!("the batch statistics of {}", self.name);
+        health.push_small_finite(&what, &save_mean)?;
+        // an overflowed σ² gives 1/√(σ² + eps) = 0
+        health.push_small_positive(&what, &save_invstd)?;
         Ok(y)
     }
 }
@@ -131,7 +127,7 @@ pub(crate) fn l2_normalize(u: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
 /// The encoder's output normalisation, with its health flag.
 pub(crate) fn embed_normalize(u: &Tensor, health: &mut Health) -> Result<Tensor> {
     let (z, norm) = l2_normalize(u, NORMALIZE_EPS)?;
-    health.push_finite(
+    health.push_small_finite(
         "the embedding z (its norm, or an activation before it)",
         &norm,
     )?;

@@ -171,9 +171,20 @@ pub(crate) fn check_inputs(z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<Preci
             .into());
         }
     }
-    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)?;
+    check::pair_shapes(("Z_P", z_p), ("Z_Q", z_q), None)?;
     let two_n = (z_p.size()[0].max(0) as usize).saturating_mul(2);
-    clae_reference::check::elements("the similarity matrix", &[two_n, two_n])?;
+    let len = clae_reference::check::elements("the similarity matrix", &[two_n, two_n])?;
+    let rows =
+        clae_reference::check::elements("the embeddings", &[two_n, z_p.size()[1].max(0) as usize])?;
+    // the reference's rule: a few 2N x 2N and 2N x d arrays must be allocatable
+    check::for_precision!(precision, F => {
+        clae_reference::check::allocatable::<F>(
+            "the similarity matrices",
+            len.saturating_mul(4).saturating_add(rows.saturating_mul(4)),
+        )
+    })?;
+    check::finite("Z_P", z_p)?;
+    check::finite("Z_Q", z_q)?;
     Ok(precision)
 }
 
@@ -186,13 +197,10 @@ pub(crate) fn checked_loss(
     z_q: &Tensor,
     tau: f64,
     health: &mut Health,
-) -> Result<Tensor> {
+) -> Result<(Tensor, usize)> {
     let l = loss_unchecked(kind, z_p, z_q, tau)?;
-    health.push(
-        format!("the {kind} loss (tau = {tau})"),
-        l.f_detach()?.f_to_kind(Kind::Double)?,
-    );
-    Ok(l)
+    let at = health.push(format!("the {kind} loss (tau = {tau})"), l.f_detach()?);
+    Ok((l, at))
 }
 
 pub(crate) fn loss_unchecked(
@@ -226,7 +234,7 @@ pub fn loss(kind: LossKind, z_p: &Tensor, z_q: &Tensor, tau: f64) -> Result<Tens
     let precision = check_inputs(z_p, &z_q, tau)?;
     let mut health = Health::new(precision);
     health.blame("Z_P, Z_Q and tau");
-    let l = checked_loss(kind, z_p, &z_q, tau, &mut health)?;
+    let (l, _) = checked_loss(kind, z_p, &z_q, tau, &mut health)?;
     health.check()?;
     Ok(l)
 }

@@ -199,6 +199,12 @@ impl Encoder for Mlp {
         self.config.hidden.max(self.config.d)
     }
 
+    fn check_activations(&self, what: &str, x: &Tensor) -> Result<()> {
+        let n = x.size().first().map_or(0, |&n| n.max(0) as usize);
+        for_precision!(self.precision(), F => self.config.check_batch_size::<F>(what, n))?;
+        Ok(())
+    }
+
     fn forward_unchecked(
         &self,
         x: &Tensor,

@@ -28,7 +28,7 @@
 //! same ATen kernels run in the same order (`lerp_`, `mul_`/`addcmul_`,
 //! `sqrt`, `addcdiv_`, Python-float `pow` for the bias corrections).
 
-use crate::check::for_precision;
+use crate::check::{for_precision, Health};
 use crate::device::{Precision, TchReal};
 use crate::encoder::{Encoder, Gradients};
 use crate::error::{Error, Result};
@@ -103,6 +103,22 @@ pub struct Optimizer {
     /// Per parameter: how many updates it received (Adam's `t`; tracked here
     /// too for the libtorch backend, whose state is not accessible).
     steps: Vec<u64>,
+    /// Per parameter: an upper bound on `max |p|` and the tensor's version
+    /// counter when it was valid. While the version is unchanged (nothing
+    /// wrote to the parameter since this optimizer's last update) the bound
+    /// stands and the parameter is not read; any write bumps the version and
+    /// the next step measures `max |p|` again.
+    param_bounds: Vec<Option<(i64, f64)>>,
+}
+
+/// Where one parameter's `max |p|` comes from in a step: a bound this
+/// optimizer carried, or a value being read with the step's other checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ParamMagnitude {
+    /// Carried from the last update (the version counter is unchanged).
+    Carried(f64),
+    /// Index of the value in the step's [`crate::check::Reading`].
+    Read(usize),
 }
 
 impl Optimizer {
@@ -116,6 +132,7 @@ impl Optimizer {
             inner: Inner::TensorOps((0..names.len()).map(|_| None).collect()),
             bounds: vec![None; names.len()],
             steps: vec![0; names.len()],
+            param_bounds: vec![None; names.len()],
             names,
         })
     }
@@ -160,6 +177,7 @@ impl Optimizer {
             inner: Inner::Libtorch(opt),
             bounds: vec![None; names.len()],
             steps: vec![0; names.len()],
+            param_bounds: vec![None; names.len()],
             names,
         })
     }
@@ -210,23 +228,22 @@ impl Optimizer {
     /// a non-finite value, and `Overflow` when the update is not
     /// representable.
     pub fn step<E: Encoder + ?Sized>(&mut self, enc: &mut E, grads: &Gradients) -> Result<()> {
-        self.check_fits(enc)?;
-        let params = enc.parameters();
-        if grads.names != self.names || grads.tensors.len() != params.len() {
-            return Err(ClaeError::InvalidState {
-                message: format!(
-                    "{} gradients for an optimizer of {} parameters (or names differ)",
-                    grads.tensors.len(),
-                    self.names.len()
-                ),
-            }
-            .into());
+        // as the reference: the encoder's own validity first when anything
+        // else is wrong
+        if let Err(e) = self
+            .check_fits(enc)
+            .and_then(|()| self.check_gradient_list(enc, grads))
+        {
+            enc.validate()?;
+            return Err(e);
         }
         // The reference's order: the encoder, then gradient by gradient its
         // shape and its values. The magnitudes of every parameter and of the
         // gradients before the first misshapen one come in one transfer.
-        let mut present = Vec::new();
+        let params = enc.parameters();
+        let mut health = Health::new(self.precision);
         let mut misshapen = None;
+        let mut grad_at = vec![None; params.len()];
         for (i, ((name, p), g)) in self
             .names
             .iter()
@@ -243,31 +260,115 @@ impl Optimizer {
                     });
                     break;
                 }
-                present.push((i, g));
+                grad_at[i] = Some(health.push_finite(format!("gradient of {name}"), g)?);
             }
         }
-        let mut all: Vec<&Tensor> = params.iter().collect();
-        all.extend(present.iter().map(|(_, g)| *g));
-        let mags = crate::check::magnitudes(&all)?;
-        let (param_mags, grad_mags) = mags.split_at(params.len());
-        if param_mags.iter().any(|m| !m.is_finite()) {
-            enc.validate()?; // locates the non-finite entry
+        let param_at = self.push_param_magnitudes(enc, &mut health)?;
+        let reading = health.read()?;
+        if reading.failure.is_some() {
+            enc.validate()?; // a non-finite parameter, located
+            for ((name, g), at) in self.names.iter().zip(&grads.tensors).zip(&grad_at) {
+                if let (Some(g), Some(_)) = (g, at) {
+                    crate::check::finite(&format!("gradient of {name}"), g)?;
+                }
+            }
         }
         enc.validate_buffers()?;
-        for ((i, g), m) in present.iter().zip(grad_mags) {
-            if !m.is_finite() {
-                crate::check::finite(&format!("gradient of {}", self.names[*i]), g)?;
-            }
-        }
         if let Some(e) = misshapen {
             return Err(e.into());
         }
+        let grad_mags: Vec<Option<f64>> = grad_at
+            .iter()
+            .map(|a| a.map(|i| reading.values[i]))
+            .collect();
+        self.step_measured(enc, grads, &param_at, &reading, &grad_mags)
+    }
+
+    /// The gradients are for this optimizer's parameter list, each (where
+    /// present) of the encoder's element kind and on its device (a
+    /// hand-made [`Gradients`] may not be).
+    pub(crate) fn check_gradient_list<E: Encoder + ?Sized>(
+        &self,
+        enc: &E,
+        grads: &Gradients,
+    ) -> Result<()> {
+        if grads.names != self.names || grads.tensors.len() != self.names.len() {
+            return Err(ClaeError::InvalidState {
+                message: format!(
+                    "{} gradients for an optimizer of {} parameters (or names differ)",
+                    grads.tensors.len(),
+                    self.names.len()
+                ),
+            }
+            .into());
+        }
+        for (name, g) in grads.names.iter().zip(&grads.tensors) {
+            if let Some(g) = g {
+                if g.kind() != enc.precision().kind() || g.device() != enc.device() {
+                    return Err(ClaeError::InvalidState {
+                        message: format!(
+                            "the gradient of {name} is {:?} on {:?}; the encoder's tensors are {:?} on {:?}",
+                            g.kind(),
+                            g.device(),
+                            enc.precision().kind(),
+                            enc.device()
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `max |p|` of every parameter: carried where its version counter is
+    /// unchanged since this optimizer last bounded it, otherwise pushed into
+    /// `health` to be read with the step's other checks.
+    pub(crate) fn push_param_magnitudes<E: Encoder + ?Sized>(
+        &self,
+        enc: &E,
+        health: &mut Health,
+    ) -> Result<Vec<ParamMagnitude>> {
+        enc.parameters()
+            .iter()
+            .zip(&self.names)
+            .zip(&self.param_bounds)
+            .map(|((p, name), carried)| match carried {
+                Some((version, bound)) if *version == p.f_internal_version()? => {
+                    Ok(ParamMagnitude::Carried(*bound))
+                }
+                _ => Ok(ParamMagnitude::Read(health.push_finite(name.as_str(), p)?)),
+            })
+            .collect()
+    }
+
+    /// The update, from magnitudes already read and checked finite (all or
+    /// nothing: an update that might overflow is made on copies first).
+    pub(crate) fn step_measured<E: Encoder + ?Sized>(
+        &mut self,
+        enc: &mut E,
+        grads: &Gradients,
+        param_at: &[ParamMagnitude],
+        reading: &crate::check::Reading,
+        grad_mags: &[Option<f64>],
+    ) -> Result<()> {
+        let params = enc.parameters();
+        let param_mags: Vec<f64> = param_at
+            .iter()
+            .map(|m| match *m {
+                ParamMagnitude::Carried(b) => b,
+                ParamMagnitude::Read(i) => reading.values[i],
+            })
+            .collect();
         let limit = for_precision!(self.precision, F => safe_limit::<F>());
         let config = self.config;
-        let plan: Vec<(usize, &Tensor, UpdateBound)> = present
+        let plan: Vec<(usize, &Tensor, UpdateBound)> = grads
+            .tensors
             .iter()
             .zip(grad_mags)
-            .map(|(&(i, g), &grad)| {
+            .enumerate()
+            .filter_map(|(i, (g, m))| Some((i, g.as_ref()?, (*m)?)))
+            .map(|(i, g, grad)| {
                 let mag = Magnitudes {
                     param: param_mags[i],
                     grad,
@@ -292,10 +393,8 @@ impl Optimizer {
                     update(config, &p_copy, g, &mut s_copy)?;
                     let mut outputs = vec![&p_copy];
                     outputs.extend(state_tensors(&s_copy));
-                    if crate::check::magnitudes(&outputs)?
-                        .iter()
-                        .any(|m| !m.is_finite())
-                    {
+                    let mags = crate::check::magnitudes(&outputs)?;
+                    if mags.iter().any(|m| !m.is_finite()) {
                         return Err(ClaeError::Overflow {
                             cause: "the learning rate and weight decay with these parameter and gradient magnitudes"
                                 .into(),
@@ -304,12 +403,13 @@ impl Optimizer {
                         }
                         .into());
                     }
-                    copies.push((i, p_copy, s_copy));
+                    copies.push((i, p_copy, s_copy, mags[0]));
                 }
                 let mut copied = vec![false; params.len()];
-                for (i, p_copy, s_copy) in copies {
+                for (i, p_copy, s_copy, p_mag) in copies {
                     params[i].shallow_clone().f_copy_(&p_copy)?;
                     self.bounds[i] = Some(exact_bound(&s_copy)?);
+                    self.param_bounds[i] = Some((params[i].f_internal_version()?, p_mag));
                     state[i] = s_copy;
                     copied[i] = true;
                 }
@@ -317,6 +417,7 @@ impl Optimizer {
                     if !copied[i] {
                         update(config, &params[i], g, &mut state[i])?;
                         self.bounds[i] = Some(bound.state);
+                        self.param_bounds[i] = Some((params[i].f_internal_version()?, bound.param));
                     }
                     self.steps[i] += 1;
                 }
@@ -351,6 +452,7 @@ impl Optimizer {
                 }
                 for &(i, _, bound) in &plan {
                     self.bounds[i] = Some(bound.state);
+                    self.param_bounds[i] = Some((params[i].f_internal_version()?, bound.param));
                     self.steps[i] += 1;
                 }
                 Ok(())

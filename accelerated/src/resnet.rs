@@ -115,22 +115,50 @@ impl ResNetConfig {
         )?;
         check::hyper::<F>("bn_momentum_adv", self.bn_momentum_adv, Domain::ClosedUnit)?;
         check::hyper::<F>("bn_eps", self.bn_eps, Domain::Positive)?;
-        // The largest tensors: an 8w x 8w x 3 x 3 convolution, the input
-        // image, the head; sizes that overflow cannot be built.
-        let f = self
-            .width
-            .checked_mul(8)
-            .ok_or_else(|| ClaeError::TooLarge {
-                what: "ResNet width".into(),
-                detail: format!("8 x {} overflows", self.width),
-            })?;
-        check::elements("layer4 convolution", &[f, f, 3, 3])?;
         check::elements(
             "input image",
             &[self.in_channels, self.image_size, self.image_size],
         )?;
-        check::elements("head.2.weight", &[self.d, f])?;
-        Ok(())
+        self.num_parameters().map(|_| ())
+    }
+
+    /// Number of trainable scalars (both BatchNorm branches' `γ, β`
+    /// included), with checked arithmetic ([`ClaeError::TooLarge`] when it
+    /// cannot be addressed).
+    pub fn num_parameters(&self) -> clae_reference::Result<usize> {
+        let too_large = || ClaeError::TooLarge {
+            what: "ResNet-18".into(),
+            detail: format!("width {}: the parameter count overflows", self.width),
+        };
+        let w = self.width;
+        let mut total = check::elements("stem convolution", &[w, self.in_channels, 3, 3])?;
+        let mut add = |dims: &[usize]| -> clae_reference::Result<()> {
+            total = total
+                .checked_add(check::elements("ResNet-18 tensor", dims)?)
+                .ok_or_else(too_large)?;
+            Ok(())
+        };
+        add(&[4, w])?; // stem BatchNorm: γ, β of both branches
+        let mut cin = w;
+        for (mult, stride) in [(1usize, 1usize), (2, 2), (4, 2), (8, 2)] {
+            let cout = w.checked_mul(mult).ok_or_else(too_large)?;
+            for i in 0..2 {
+                let s = if i == 0 { stride } else { 1 };
+                add(&[cout, cin, 3, 3])?;
+                add(&[cout, cout, 3, 3])?;
+                add(&[8, cout])?; // two BatchNorms, both branches
+                if s != 1 || cin != cout {
+                    add(&[cout, cin])?; // the 1 x 1 shortcut and its BatchNorm
+                    add(&[4, cout])?;
+                }
+                cin = cout;
+            }
+        }
+        add(&[cin, cin])?;
+        add(&[cin])?;
+        add(&[self.d, cin])?;
+        add(&[self.d])?;
+        Ok(total)
     }
 }
 
@@ -274,6 +302,7 @@ impl Builder {
 /// let z = net.forward_train(&x, Branch::Adv).unwrap();
 /// assert_eq!(z.size(), vec![2, 128]);
 /// assert_eq!(net.input_shape(), vec![3, 32, 32]);
+/// assert_eq!(config.num_parameters().unwrap(), net.num_parameters());
 /// ```
 #[derive(Debug)]
 pub struct ResNet18 {
@@ -293,7 +322,10 @@ impl ResNet18 {
         device: Device,
         precision: Precision,
     ) -> Result<Self> {
-        for_precision!(precision, F => config.validate_for::<F>())?;
+        for_precision!(precision, F => {
+            config.validate_for::<F>()?;
+            clae_reference::check::allocatable::<F>("ResNet-18 parameters", config.num_parameters()?)?;
+        });
         ensure_device(device)?;
         let mut b = Builder {
             tensors: NamedTensors::new(device, precision),

@@ -35,47 +35,100 @@ pub struct StepReport {
     pub q_adv: Option<Tensor>,
 }
 
-/// Places and validates two views for `enc`.
+/// Places two views for `enc` and checks their shapes (their values are
+/// checked with the step's other checks, in one read).
 fn prepare_views<E: Encoder + ?Sized>(enc: &E, p: &Tensor, q: &Tensor) -> Result<(Tensor, Tensor)> {
     let p = crate::convert::placed(p, enc.device(), enc.precision())?;
     let q = crate::convert::placed(q, enc.device(), enc.precision())?;
-    check::pair(("P", &p), ("Q", &q), Some(&enc.input_shape()))?;
+    check::pair_shapes(("P", &p), ("Q", &q), Some(&enc.input_shape()))?;
     enc.check_activations("P", &p)?;
     Ok((p, q))
 }
 
-/// Runs `compute` — which updates running statistics in place and pushes
-/// representability flags — then checks the flags, the gradients and the
-/// updated running statistics; on any error the running statistics are put
-/// back, so the call changes nothing.
-fn atomically<E: Encoder + ?Sized, T>(
-    enc: &mut E,
-    compute: impl FnOnce(&mut E, &mut Health) -> Result<(T, Gradients)>,
-) -> Result<(T, Gradients)> {
-    let saved = BufferSnapshot::take(enc)?;
-    let mut health = Health::new(enc.precision());
-    let result = compute(enc, &mut health).and_then(|(out, grads)| {
-        health.blame("P, Q (and Q_adv), tau and alpha");
-        for (name, g) in grads.names.iter().zip(&grads.tensors) {
-            if let Some(g) = g {
-                health.push_finite(format!("the gradient of {name}"), g)?;
-            }
-        }
-        saved.push_running_flag(enc, &mut health)?;
-        health.check()?;
-        Ok((out, grads))
-    });
-    saved.restore_on_error(enc, result)
+/// `checks`, the checks a step makes without reading any tensor; if one
+/// fails, the encoder's own validation (which reads it) runs first, so the
+/// error is the one the reference's order gives (a non-finite parameter
+/// before a bad hyper-parameter or view).
+fn sync_free<E: Encoder + ?Sized, T>(enc: &E, checks: impl FnOnce() -> Result<T>) -> Result<T> {
+    checks().or_else(|e| {
+        enc.validate()?;
+        Err(e)
+    })
 }
 
-/// The values of 0-d tensors, with one transfer.
-fn values(ts: &[&Tensor]) -> Result<Vec<f64>> {
-    let stacked = Tensor::f_stack(ts, 0)?.f_detach()?;
-    Ok(Vec::<f64>::try_from(
-        &stacked
-            .f_to_device(tch::Device::Cpu)?
-            .f_to_kind(tch::Kind::Double)?,
-    )?)
+/// The losses of a step, computed in the encoder's precision: indices of
+/// their values in the step's reading.
+struct Losses {
+    clean: usize,
+    adv: Option<usize>,
+    total: usize,
+}
+
+/// How a step runs, in one place: the checks that need no synchronisation
+/// first; then `compute` (forwards, losses, gradients; it updates running
+/// statistics in place and pushes its checks into a [`Health`]); then one
+/// read of every check — the views' values, the small parameters and the
+/// running statistics, the losses, each gradient's `max |g|` and, for a
+/// step, the parameters' `max |p|` the optimizer's guard needs; then the
+/// optimizer's update, if any.
+///
+/// On any failure the running statistics are put back (the call changes
+/// nothing) and the error is the one the reference's order gives: a
+/// non-finite parameter or input is found by the full validation (which
+/// only runs then), otherwise the first check that failed is an `Overflow`.
+fn atomically<E: Encoder + ?Sized>(
+    enc: &mut E,
+    views: (&Tensor, &Tensor),
+    opt: Option<&mut Optimizer>,
+    compute: impl FnOnce(&mut E, &mut Health) -> Result<(Losses, Option<Tensor>, Gradients)>,
+) -> Result<(StepReport, Gradients)> {
+    let saved = BufferSnapshot::take(enc)?;
+    let mut health = Health::new(enc.precision());
+    let result = (|| -> Result<(StepReport, Gradients)> {
+        let (p, q) = views;
+        health.blame("P");
+        health.push_finite("P", p)?;
+        health.blame("Q");
+        health.push_finite("Q", q)?;
+        enc.push_small_tensors(&mut health)?;
+        let (losses, q_adv, grads) = compute(enc, &mut health)?;
+        health.blame("P, Q (and Q_adv), tau and alpha");
+        let mut grad_at = Vec::with_capacity(grads.tensors.len());
+        for (name, g) in grads.names.iter().zip(&grads.tensors) {
+            grad_at.push(match g {
+                Some(g) => Some(health.push_finite(format!("the gradient of {name}"), g)?),
+                None => None,
+            });
+        }
+        let param_at = match &opt {
+            Some(o) => Some(o.push_param_magnitudes(enc, &mut health)?),
+            None => None,
+        };
+        saved.push_running_flag(enc, &mut health)?;
+        let reading = health.read()?;
+        if let Some(overflow) = reading.failure {
+            // invalid input first, as the reference checks it first — on the
+            // encoder as it was before this call
+            saved.restore(enc)?;
+            enc.validate()?;
+            check::finite("P", p)?;
+            check::finite("Q", q)?;
+            return Err(overflow.into());
+        }
+        let value = |i: usize| reading.values[i];
+        let report = StepReport {
+            loss_clean: value(losses.clean),
+            loss_adv: losses.adv.map(value),
+            total: value(losses.total),
+            q_adv,
+        };
+        if let (Some(opt), Some(param_at)) = (opt, param_at) {
+            let grad_mags: Vec<Option<f64>> = grad_at.iter().map(|a| a.map(value)).collect();
+            opt.step_measured(enc, &grads, &param_at, &reading, &grad_mags)?;
+        }
+        Ok((report, grads))
+    })();
+    saved.restore_on_error(enc, result)
 }
 
 /// Loss and parameter gradients of a plain step; updates the clean running
@@ -99,10 +152,22 @@ pub fn plain_gradients<E: Encoder + ?Sized>(
     loss: LossKind,
     tau: f64,
 ) -> Result<(StepReport, Gradients)> {
-    enc.validate()?;
-    check::tau(enc.precision(), tau)?;
-    let (p, q) = prepare_views(enc, p, q)?;
-    atomically(enc, |enc, health| {
+    plain_run(enc, None, p, q, loss, tau)
+}
+
+fn plain_run<E: Encoder + ?Sized>(
+    enc: &mut E,
+    opt: Option<&mut Optimizer>,
+    p: &Tensor,
+    q: &Tensor,
+    loss: LossKind,
+    tau: f64,
+) -> Result<(StepReport, Gradients)> {
+    let (p, q) = sync_free(enc, || {
+        check::tau(enc.precision(), tau)?;
+        prepare_views(enc, p, q)
+    })?;
+    atomically(enc, (&p, &q), opt, |enc, health| {
         tch::with_grad(|| {
             let clean = Mode::Train(Branch::Clean);
             health.blame("P");
@@ -110,18 +175,14 @@ pub fn plain_gradients<E: Encoder + ?Sized>(
             health.blame("Q");
             let z_q = enc.forward_unchecked(&q, clean, true, health)?;
             health.blame("the embeddings of P, Q and tau");
-            let l = checked_loss(loss, &z_p, &z_q, tau, health)?;
+            let (l, at) = checked_loss(loss, &z_p, &z_q, tau, health)?;
             let grads = Gradients::of(enc, &l)?;
-            let v = values(&[&l])?;
-            Ok((
-                StepReport {
-                    loss_clean: v[0],
-                    loss_adv: None,
-                    total: v[0],
-                    q_adv: None,
-                },
-                grads,
-            ))
+            let losses = Losses {
+                clean: at,
+                adv: None,
+                total: at,
+            };
+            Ok((losses, None, grads))
         })
     })
 }
@@ -152,22 +213,35 @@ pub fn clae_gradients<E: Encoder + ?Sized>(
     q: &Tensor,
     cfg: &ClaeConfig,
 ) -> Result<(StepReport, Gradients)> {
-    enc.validate()?;
-    for_precision!(enc.precision(), F => cfg.validate_for::<F>())?;
-    let adv = Adv::new(&cfg.adv, enc.precision())?;
-    let (p, q) = prepare_views(enc, p, q)?;
+    clae_run(enc, None, p, q, cfg)
+}
+
+fn clae_run<E: Encoder + ?Sized>(
+    enc: &mut E,
+    opt: Option<&mut Optimizer>,
+    p: &Tensor,
+    q: &Tensor,
+    cfg: &ClaeConfig,
+) -> Result<(StepReport, Gradients)> {
+    let (adv, p, q) = sync_free(enc, || {
+        for_precision!(enc.precision(), F => cfg.validate_for::<F>())?;
+        let adv = Adv::new(&cfg.adv, enc.precision())?;
+        let (p, q) = prepare_views(enc, p, q)?;
+        adv.check_steps(enc, &p)?;
+        Ok((adv, p, q))
+    })?;
     let (loss, tau, alpha) = (cfg.loss, cfg.tau, cfg.alpha);
     let clean = Mode::Train(Branch::Clean);
     let adv_mode = Mode::Train(Branch::Adv);
-    atomically(enc, |enc, health| {
+    atomically(enc, (&p, &q), opt, |enc, health| {
         tch::with_grad(|| {
             health.blame("P");
             let z_p = enc.forward_unchecked(&p, clean, true, health)?;
             health.blame("Q");
             let z_q = enc.forward_unchecked(&q, clean, true, health)?;
             health.blame("the embeddings of P, Q and tau");
-            let l_clean = checked_loss(loss, &z_p, &z_q, tau, health)?;
-            let (q_adv, l_adv) = match cfg.recipe {
+            let (l_clean, clean_at) = checked_loss(loss, &z_p, &z_q, tau, health)?;
+            let (q_adv, (l_adv, adv_at)) = match cfg.recipe {
                 Recipe::Lean => {
                     let view = lean_view_unchecked(enc, &p, &q, loss, tau, &adv, health)?;
                     health.blame("Q_adv");
@@ -192,26 +266,23 @@ pub fn clae_gradients<E: Encoder + ?Sized>(
             };
             let total = l_clean.f_add(&l_adv.f_mul_scalar(alpha)?)?;
             health.blame(&format!("alpha = {alpha}"));
-            health.push(
+            let total_at = health.push(
                 "L_total = L(Z_P, Z_Q) + alpha L(Z_P, Z_A)",
-                total.f_detach()?.f_to_kind(tch::Kind::Double)?,
+                total.f_detach()?,
             );
             let grads = Gradients::of(enc, &total)?;
-            let v = values(&[&l_clean, &l_adv, &total])?;
-            Ok((
-                StepReport {
-                    loss_clean: v[0],
-                    loss_adv: Some(v[1]),
-                    total: v[2],
-                    q_adv: Some(q_adv),
-                },
-                grads,
-            ))
+            let losses = Losses {
+                clean: clean_at,
+                adv: Some(adv_at),
+                total: total_at,
+            };
+            Ok((losses, Some(q_adv), grads))
         })
     })
 }
 
-/// One plain contrastive step: [`plain_gradients`], then the optimizer.
+/// One plain contrastive step: [`plain_gradients`], then the optimizer —
+/// all or nothing, with one read of every check.
 pub fn plain_step<E: Encoder + ?Sized>(
     enc: &mut E,
     opt: &mut Optimizer,
@@ -220,14 +291,12 @@ pub fn plain_step<E: Encoder + ?Sized>(
     loss: LossKind,
     tau: f64,
 ) -> Result<StepReport> {
-    opt.check_fits(enc)?;
-    let saved = BufferSnapshot::take(enc)?;
-    let (report, grads) = plain_gradients(enc, p, q, loss, tau)?;
-    let stepped = opt.step(enc, &grads);
-    saved.restore_on_error(enc, stepped.map(|()| report))
+    sync_free(enc, || opt.check_fits(enc))?;
+    Ok(plain_run(enc, Some(opt), p, q, loss, tau)?.0)
 }
 
-/// One CLAE step: [`clae_gradients`], then the optimizer.
+/// One CLAE step: [`clae_gradients`], then the optimizer — all or nothing,
+/// with one read of every check.
 ///
 /// ```
 /// use clae_accelerated::{device::Precision, mlp::Mlp};
@@ -246,11 +315,6 @@ pub fn clae_step<E: Encoder + ?Sized>(
     q: &Tensor,
     cfg: &ClaeConfig,
 ) -> Result<StepReport> {
-    opt.check_fits(enc)?;
-    let saved = BufferSnapshot::take(enc)?;
-    let (report, grads) = clae_gradients(enc, p, q, cfg)?;
-    // the optimizer checks its whole update before it moves anything; if it
-    // fails, the running statistics the gradients pass updated go back too
-    let stepped = opt.step(enc, &grads);
-    saved.restore_on_error(enc, stepped.map(|()| report))
+    sync_free(enc, || opt.check_fits(enc))?;
+    Ok(clae_run(enc, Some(opt), p, q, cfg)?.0)
 }

@@ -61,7 +61,7 @@ fn mlp_round_trip_is_exact_in_f32_and_rounds_f64_like_the_reference() {
     let mlp = Mlp::from_reference(&r64, Device::Cpu, Precision::F32).unwrap();
     assert_eq!(
         mlp.state_dict::<f32>().unwrap(),
-        r64.state_dict().cast::<f32>()
+        r64.state_dict().cast::<f32>().unwrap()
     );
 }
 

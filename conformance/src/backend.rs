@@ -154,7 +154,7 @@ impl<F: Real> Reference<F> {
     }
 
     fn mlp(model: &Model) -> Result<Mlp<F>> {
-        Ok(Mlp::from_state_dict(model.config, &model.state.cast())?)
+        Ok(Mlp::from_state_dict(model.config, &model.state.cast()?)?)
     }
 }
 
@@ -283,8 +283,8 @@ impl<F: Real> Backend for Reference<F> {
         }
         Ok(Trained {
             reports,
-            state: mlp.state_dict().cast(),
-            optimizer: opt.state_dict(&mlp).cast(),
+            state: mlp.state_dict().cast()?,
+            optimizer: opt.state_dict(&mlp).cast()?,
         })
     }
 }

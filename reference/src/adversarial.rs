@@ -142,7 +142,7 @@ pub(crate) fn authors_view<F: Real>(
     let mode = Mode::Train(Branch::Adv);
     let mut x = start.to_owned();
     let mut grads = Vec::with_capacity(adv.steps);
-    let mut passes = Vec::with_capacity(2 * adv.steps);
+    let mut passes = Vec::with_capacity(adv.steps.saturating_mul(2));
     for _ in 0..adv.steps {
         let fwd_p = mlp.forward_checked("P (adversarial branch)", p, mode)?;
         let fwd_x = mlp.forward_checked("the adversarial view", x.view(), mode)?;
@@ -312,6 +312,16 @@ impl AdvConfig {
 }
 
 impl<F: Real> Adv<F> {
+    /// The view keeps `g` of every step: `k` arrays of `N x D_in`, which
+    /// must be addressable and allocatable ([`ClaeError::TooLarge`]).
+    pub(crate) fn check_steps(&self, n: usize, d_in: usize) -> Result<()> {
+        let kept = check::elements(
+            "the input gradients of every PGD step",
+            &[self.steps, n, d_in],
+        )?;
+        check::allocatable::<F>("the input gradients of every PGD step", kept)
+    }
+
     fn start_of<'a>(&self, p: ArrayView2<'a, F>, q: ArrayView2<'a, F>) -> ArrayView2<'a, F> {
         match self.start {
             QStart::P => p,
@@ -349,20 +359,24 @@ pub struct AdvView<F> {
 
 // -------------------------------------------------------- the public API --
 
-/// Validates everything an adversarial computation reads; returns `tau`
+/// Validates everything an adversarial computation reads (the second view
+/// is called `q_name`: `Q`, or `X` for [`input_gradient`]); returns `tau`
 /// and the config in `F`.
 fn check_inputs<F: Real>(
     mlp: &Mlp<F>,
     p: ArrayView2<'_, F>,
-    q: ArrayView2<'_, F>,
+    (q_name, q): (&str, ArrayView2<'_, F>),
     tau: f64,
     cfg: &AdvConfig,
 ) -> Result<(F, Adv<F>)> {
     mlp.validate()?;
     let tau = check::tau::<F>(tau)?;
     let adv = cfg.resolve::<F>()?;
-    check::pair(("P", p), ("Q", q), Some(mlp.config().d_in))?;
-    mlp.check_input("P", p, Mode::Train(Branch::Adv))?;
+    check::pair_shapes(("P", p), (q_name, q), Some(mlp.config().d_in))?;
+    mlp.config().check_batch_size::<F>("P", p.nrows())?;
+    adv.check_steps(p.nrows(), p.ncols())?;
+    check::finite("P", p)?;
+    check::finite(q_name, q)?;
     Ok((tau, adv))
 }
 
@@ -385,7 +399,7 @@ pub fn input_gradient<F: Real>(
     loss: LossKind,
     tau: f64,
 ) -> Result<Array2<F>> {
-    let (tau, _) = check_inputs(mlp, p, x, tau, &AdvConfig::fgsm(0.0))?;
+    let (tau, _) = check_inputs(mlp, p, ("X", x), tau, &AdvConfig::fgsm(0.0))?;
     let mode = Mode::Train(Branch::Adv);
     let w = mlp.forward_checked("P (adversarial branch)", p, mode)?.z;
     let fwd_x = mlp.forward_checked("X", x, mode)?;
@@ -422,7 +436,7 @@ pub fn adversarial_view<F: Real>(
     tau: f64,
     cfg: &AdvConfig,
 ) -> Result<AdvView<F>> {
-    let (tau, adv) = check_inputs(mlp, p, q, tau, cfg)?;
+    let (tau, adv) = check_inputs(mlp, p, ("Q", q), tau, cfg)?;
     lean_view(mlp, p, q, loss, tau, &adv)
 }
 
@@ -441,7 +455,7 @@ pub fn adversarial_view_authors<F: Real>(
     tau: f64,
     cfg: &AdvConfig,
 ) -> Result<AdvView<F>> {
-    let (tau, adv) = check_inputs(mlp, p, q, tau, cfg)?;
+    let (tau, adv) = check_inputs(mlp, p, ("Q", q), tau, cfg)?;
     let (view, passes) = authors_view(mlp, p, q, loss, tau, &adv)?;
     let running = mlp.running_after(
         passes.iter().map(|(m, s)| (*m, s.as_slice())),

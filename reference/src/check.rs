@@ -24,8 +24,33 @@ pub fn finite<F: Real, D: Dimension>(what: &str, a: ArrayView<'_, F, D>) -> Resu
     Ok(())
 }
 
-/// A batch: `N >= 2` rows of `cols` finite values.
+/// Every entry `>= 0` (a running variance), or [`ClaeError::InvalidState`]
+/// at the first negative one.
+pub fn non_negative_entries<F: Real, D: Dimension>(
+    what: &str,
+    a: ArrayView<'_, F, D>,
+) -> Result<()> {
+    match a.iter().position(|v| *v < F::zero()) {
+        None => Ok(()),
+        Some(at) => Err(ClaeError::InvalidState {
+            message: format!(
+                "{what} has a negative entry {} at flat position {at}; a variance is >= 0",
+                a.iter().nth(at).map_or(f64::NAN, |v| v.as_f64())
+            ),
+        }),
+    }
+}
+
+/// A batch: `N >= 2` rows of `cols` finite values ([`batch_shape`], then
+/// [`finite`]).
 pub fn batch<F: Real>(what: &str, x: ArrayView2<'_, F>, cols: Option<usize>) -> Result<()> {
+    batch_shape(what, x, cols)?;
+    finite(what, x)
+}
+
+/// The shape of a batch: `cols` columns (when given), at least one, and
+/// `N >= 2` rows. The values are not read.
+pub fn batch_shape<F: Real>(what: &str, x: ArrayView2<'_, F>, cols: Option<usize>) -> Result<()> {
     let (n, c) = x.dim();
     if let Some(want) = cols {
         if c != want {
@@ -47,11 +72,24 @@ pub fn batch<F: Real>(what: &str, x: ArrayView2<'_, F>, cols: Option<usize>) -> 
             n,
         });
     }
-    finite(what, x)
+    Ok(())
 }
 
-/// Two views of the same batch: same shape, both valid batches.
+/// Two views of the same batch: same shape, both valid batches
+/// ([`pair_shapes`], then the values of each).
 pub fn pair<F: Real>(
+    (name_a, a): (&str, ArrayView2<'_, F>),
+    (name_b, b): (&str, ArrayView2<'_, F>),
+    cols: Option<usize>,
+) -> Result<()> {
+    pair_shapes((name_a, a), (name_b, b), cols)?;
+    finite(name_a, a)?;
+    finite(name_b, b)
+}
+
+/// The shapes of two views of the same batch: equal, and each a valid
+/// [`batch_shape`]. The values are not read.
+pub fn pair_shapes<F: Real>(
     (name_a, a): (&str, ArrayView2<'_, F>),
     (name_b, b): (&str, ArrayView2<'_, F>),
     cols: Option<usize>,
@@ -63,8 +101,8 @@ pub fn pair<F: Real>(
             actual: format!("{} x {}", b.nrows(), b.ncols()),
         });
     }
-    batch(name_a, a, cols)?;
-    batch(name_b, b, cols)
+    batch_shape(name_a, a, cols)?;
+    batch_shape(name_b, b, cols)
 }
 
 /// The domain of a scalar hyper-parameter.

@@ -113,24 +113,26 @@ pub fn uniformity<F: Real>(z: ArrayView2<'_, F>, t: f64) -> Result<f64> {
     check::hyper::<f64>("uniformity temperature t", t, check::Domain::Positive)?;
     let z64: Array2<f64> = z.mapv(|v| v.as_f64());
     let n = z64.nrows();
-    check::elements("pairs of the embedding batch", &[n, n])?;
-    let mut exponents = Vec::with_capacity(n * (n - 1) / 2);
-    for i in 0..n {
-        for j in (i + 1)..n {
-            let d2: f64 = z64
-                .row(i)
-                .iter()
-                .zip(z64.row(j))
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            exponents.push(-t * d2);
-        }
-    }
-    // log-sum-exp: every exponent is <= 0; the largest one is subtracted.
-    // When even it is −inf (t‖z_i − z_j‖² overflows for every pair) the
-    // uniformity is a finite but unrepresentably negative number.
-    let m = exponents.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let mean = exponents.iter().map(|e| (e - m).exp()).sum::<f64>() / exponents.len() as f64;
+    let sq_dist = |i: usize, j: usize| -> f64 {
+        z64.row(i)
+            .iter()
+            .zip(z64.row(j))
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum()
+    };
+    let pairs = || (0..n).flat_map(move |i| ((i + 1)..n).map(move |j| (i, j)));
+    // log-sum-exp, streamed over the pairs (two passes, nothing kept): every
+    // exponent −t d² is <= 0; the largest one is subtracted. When even it is
+    // −inf (t d² overflows for every pair) the uniformity is a finite but
+    // unrepresentably negative number.
+    let m = pairs()
+        .map(|(i, j)| -t * sq_dist(i, j))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let count = (n as f64) * (n as f64 - 1.0) / 2.0;
+    let mean = pairs()
+        .map(|(i, j)| (-t * sq_dist(i, j) - m).exp())
+        .sum::<f64>()
+        / count;
     let u = m + mean.ln();
     if !u.is_finite() {
         return Err(overflow("the uniformity temperature t", "the uniformity"));

@@ -167,6 +167,8 @@ pub struct UpdateBound {
     /// new state, new parameter), in exact arithmetic and with rounding
     /// slack.
     pub largest: f64,
+    /// An upper bound on `max |p|` after the update.
+    pub param: f64,
     /// The state bound after the update.
     pub state: StateBound,
 }
@@ -211,6 +213,7 @@ impl OptimizerConfig {
                     .fold(0.0, f64::max);
                 UpdateBound {
                     largest: largest * SLACK,
+                    param: (p + delta) * SLACK,
                     state: StateBound {
                         first: if momentum != 0.0 { b } else { 0.0 },
                         second: 0.0,
@@ -250,6 +253,7 @@ impl OptimizerConfig {
                 .fold(0.0, f64::max);
                 UpdateBound {
                     largest: largest * SLACK,
+                    param: (p + delta) * SLACK,
                     state: StateBound {
                         first: m,
                         second: v,

@@ -34,7 +34,7 @@ pub struct StateEntry<F> {
 /// let sd = mlp.state_dict();
 /// assert_eq!(sd.entries[0].name, "backbone.0.linear.weight");
 /// assert_eq!(sd.get("head.2.weight").unwrap().shape(), &[3, 8]);
-/// let as_f32 = sd.cast::<f32>();
+/// let as_f32 = sd.cast::<f32>().unwrap();
 /// assert_eq!(as_f32.entries.len(), sd.entries.len());
 /// assert!(sd.entries.iter().any(|e| e.role == Role::Buffer));
 /// ```
@@ -53,19 +53,33 @@ impl<F: Real> StateDict<F> {
             .map(|e| &e.value)
     }
 
-    /// The same entries in another precision (`f64 → f32` rounds to nearest).
-    pub fn cast<G: Real>(&self) -> StateDict<G> {
-        StateDict {
-            entries: self
-                .entries
+    /// The same entries in another precision (`f64 → f32` rounds to
+    /// nearest). Errors: [`ClaeError::Overflow`] naming the entry when a
+    /// finite value is beyond `G`'s range (`1e300` in `f32`); nothing is
+    /// returned then.
+    pub fn cast<G: Real>(&self) -> Result<StateDict<G>> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let value = e.value.mapv(|v| G::c(v.as_f64()));
+            let overflowed = e
+                .value
                 .iter()
-                .map(|e| StateEntry {
-                    name: e.name.clone(),
-                    role: e.role,
-                    value: e.value.mapv(|v| G::c(v.as_f64())),
-                })
-                .collect(),
+                .zip(value.iter())
+                .any(|(a, b)| a.is_finite() && !b.is_finite());
+            if overflowed {
+                return Err(ClaeError::Overflow {
+                    cause: format!("the state entry `{}`", e.name),
+                    quantity: "its values".into(),
+                    precision: G::NAME.to_string(),
+                });
+            }
+            entries.push(StateEntry {
+                name: e.name.clone(),
+                role: e.role,
+                value,
+            });
         }
+        Ok(StateDict { entries })
     }
 
     /// Names in order.

@@ -232,11 +232,21 @@ pub struct StepReport<F> {
 
 // -------------------------------------------------------- the public API --
 
-/// The two views of a batch for `mlp`: same shape, `N >= 2`, finite, and
-/// small enough for the step's activations.
-fn check_views<F: Real>(mlp: &Mlp<F>, p: ArrayView2<'_, F>, q: ArrayView2<'_, F>) -> Result<()> {
-    check::pair(("P", p), ("Q", q), Some(mlp.config().d_in))?;
-    mlp.check_input("P", p, Mode::Train(Branch::Clean))
+/// The two views of a batch for `mlp`, in docs/SPEC.md §7.1's order: same
+/// shape and `N >= 2`, small enough for the step's activations, finite.
+fn check_views<F: Real>(
+    mlp: &Mlp<F>,
+    p: ArrayView2<'_, F>,
+    q: ArrayView2<'_, F>,
+    adv: Option<&AdvConfig>,
+) -> Result<()> {
+    check::pair_shapes(("P", p), ("Q", q), Some(mlp.config().d_in))?;
+    mlp.config().check_batch_size::<F>("P", p.nrows())?;
+    if let Some(adv) = adv {
+        adv.resolve::<F>()?.check_steps(p.nrows(), p.ncols())?;
+    }
+    check::finite("P", p)?;
+    check::finite("Q", q)
 }
 
 /// Loss and parameter gradients of a plain step; updates the clean running
@@ -251,7 +261,7 @@ pub fn plain_gradients<F: Real>(
 ) -> Result<(StepReport<F>, MlpGrads<F>)> {
     mlp.validate()?;
     let tau = check::tau::<F>(tau)?;
-    check_views(mlp, p, q)?;
+    check_views(mlp, p, q, None)?;
     let (report, grads, running) = plain_pass(mlp, p, q, loss, tau)?;
     mlp.commit_running(running);
     Ok((report, grads))
@@ -274,7 +284,7 @@ pub fn clae_gradients<F: Real>(
 ) -> Result<(StepReport<F>, MlpGrads<F>)> {
     mlp.validate()?;
     cfg.validate_for::<F>()?;
-    check_views(mlp, p, q)?;
+    check_views(mlp, p, q, Some(&cfg.adv))?;
     let (report, grads, running) = clae_pass(mlp, p, q, cfg)?;
     mlp.commit_running(running);
     Ok((report, grads))
@@ -294,7 +304,7 @@ pub fn plain_step<F: Real>(
     mlp.validate()?;
     opt.check_fits(mlp)?;
     let tau = check::tau::<F>(tau)?;
-    check_views(mlp, p, q)?;
+    check_views(mlp, p, q, None)?;
     let (report, grads, running) = plain_pass(mlp, p, q, loss, tau)?;
     // the optimizer checks its whole update before it moves anything
     opt.step(mlp, &grads)?;
@@ -332,7 +342,7 @@ pub fn clae_step<F: Real>(
     mlp.validate()?;
     opt.check_fits(mlp)?;
     cfg.validate_for::<F>()?;
-    check_views(mlp, p, q)?;
+    check_views(mlp, p, q, Some(&cfg.adv))?;
     let (report, grads, running) = clae_pass(mlp, p, q, cfg)?;
     opt.step(mlp, &grads)?;
     mlp.commit_running(running);

@@ -257,7 +257,7 @@ fn adam_with_zero_learning_rate_moves_nothing_but_counts_steps() {
 fn f32_updates_follow_the_f64_rules_to_f32_precision() {
     for cfg in configs() {
         let m64 = mlp();
-        let sd = m64.state_dict().cast::<f32>();
+        let sd = m64.state_dict().cast::<f32>().unwrap();
         let mut m32 = Mlp::<f32>::from_state_dict(*m64.config(), &sd).unwrap();
         let mut opt = Optimizer::new(cfg, &m32).unwrap();
         let mut scalars: Vec<Vec<Scalar>> = m32

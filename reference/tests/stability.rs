@@ -222,8 +222,10 @@ fn one_clae_step_in_f32_agrees_with_f64() {
     use clae_reference::step::clae_gradients;
     let config = MlpConfig::new(10, 16, 2, 6);
     let m64 = distinct_branch_mlp(config, 55);
-    let m32 = Mlp::<f32>::from_state_dict(config, &m64.state_dict().cast::<f32>()).unwrap();
-    let m64 = Mlp::<f64>::from_state_dict(config, &m32.state_dict().cast::<f64>()).unwrap();
+    let m32 =
+        Mlp::<f32>::from_state_dict(config, &m64.state_dict().cast::<f32>().unwrap()).unwrap();
+    let m64 =
+        Mlp::<f64>::from_state_dict(config, &m32.state_dict().cast::<f64>().unwrap()).unwrap();
     let mut rng = Rng::new(56);
     let p = randn(&mut rng, 12, 10).mapv(|v| v as f32 as f64);
     let q = (&p + &randn(&mut rng, 12, 10).mapv(|v| 0.3 * v)).mapv(|v| v as f32 as f64);

@@ -25,6 +25,7 @@
 pub mod analysis;
 pub mod charts;
 pub mod cli;
+pub mod eager;
 pub mod machine;
 pub mod measure;
 pub mod plan;
@@ -99,6 +100,11 @@ pub enum Backend {
     TchCpu,
     /// `clae-accelerated` / libtorch on CUDA device 0.
     TchCuda,
+    /// A plain PyTorch eager script on the same libtorch, on the CPU
+    /// ([`eager`]): the alternative a user would pick.
+    EagerCpu,
+    /// The PyTorch eager script on CUDA device 0.
+    EagerCuda,
 }
 
 impl Backend {
@@ -108,6 +114,8 @@ impl Backend {
             Backend::Reference => "reference",
             Backend::TchCpu => "tch-cpu",
             Backend::TchCuda => "tch-cuda",
+            Backend::EagerCpu => "pytorch-cpu",
+            Backend::EagerCuda => "pytorch-cuda",
         }
     }
 }
@@ -164,6 +172,16 @@ impl Impl {
     /// libtorch CUDA in `f32`.
     pub const TCH_CUDA_F32: Impl = Impl {
         backend: Backend::TchCuda,
+        precision: Precision::F32,
+    };
+    /// PyTorch eager on the CPU in `f32`.
+    pub const EAGER_CPU_F32: Impl = Impl {
+        backend: Backend::EagerCpu,
+        precision: Precision::F32,
+    };
+    /// PyTorch eager on CUDA in `f32`.
+    pub const EAGER_CUDA_F32: Impl = Impl {
+        backend: Backend::EagerCuda,
         precision: Precision::F32,
     };
 }

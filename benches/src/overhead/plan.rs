@@ -318,7 +318,7 @@ impl Plan {
             ],
             20.0,
         );
-        let step_imps = [Impl::REF_F32, Impl::TCH_CPU_F32];
+        let step_imps = [Impl::REF_F32, Impl::TCH_CPU_F32, Impl::EAGER_CPU_F32];
         let mut steps: Vec<Group> = mlp_sizes()
             .into_iter()
             .zip([15.0, 25.0, 80.0])
@@ -353,8 +353,8 @@ impl Plan {
                 n: 8,
                 loss: LossKind::SimClr,
             },
-            &[Impl::TCH_CPU_F32],
-            30.0,
+            &[Impl::TCH_CPU_F32, Impl::EAGER_CPU_F32],
+            45.0,
             5,
             21,
         ));
@@ -397,13 +397,17 @@ impl Plan {
                         task: Task::Loss { kind, n, d },
                     })
                     .collect(),
-                GroupKind::Step(config) if config.size == "large" => StepKind::ALL
-                    .iter()
-                    .map(|&kind| Member {
-                        imp: Impl::TCH_CUDA_F32,
-                        task: Task::Step { config, kind },
-                    })
-                    .collect(),
+                GroupKind::Step(config) if config.size == "large" => {
+                    [Impl::TCH_CUDA_F32, Impl::EAGER_CUDA_F32]
+                        .into_iter()
+                        .flat_map(|imp| {
+                            StepKind::ALL.map(|kind| Member {
+                                imp,
+                                task: Task::Step { config, kind },
+                            })
+                        })
+                        .collect()
+                }
                 GroupKind::Step(_) => vec![],
             };
             g.members.extend(extra);
@@ -418,7 +422,7 @@ impl Plan {
                 n: 1024,
                 loss: LossKind::Plain,
             },
-            &[Impl::TCH_CUDA_F32],
+            &[Impl::TCH_CUDA_F32, Impl::EAGER_CUDA_F32],
             15.0,
             5,
             41,
@@ -431,7 +435,7 @@ impl Plan {
                     n,
                     loss: LossKind::SimClr,
                 },
-                &[Impl::TCH_CUDA_F32],
+                &[Impl::TCH_CUDA_F32, Impl::EAGER_CUDA_F32],
                 30.0,
                 5,
                 41,
@@ -455,7 +459,13 @@ impl Plan {
             groups: vec![
                 gemm_group(256, &[Impl::REF_F32, Impl::TCH_CPU_F32], 0.5),
                 loss_group(64, 32, &[Impl::REF_F32, Impl::TCH_CPU_F32], 0.5),
-                step_group(config, &[Impl::REF_F32, Impl::TCH_CPU_F32], 1.0, 3, 9),
+                step_group(
+                    config,
+                    &[Impl::REF_F32, Impl::TCH_CPU_F32, Impl::EAGER_CPU_F32],
+                    1.0,
+                    3,
+                    9,
+                ),
             ],
             profile: Some(ProfilePlan {
                 config: cfg,
@@ -485,7 +495,7 @@ impl Plan {
         self.groups
             .iter()
             .flat_map(|g| &g.members)
-            .any(|m| m.imp.backend == Backend::TchCuda)
+            .any(|m| matches!(m.imp.backend, Backend::TchCuda | Backend::EagerCuda))
     }
 }
 
@@ -512,7 +522,9 @@ mod tests {
             .iter()
             .find(|g| g.id == "large-plain-n256")
             .unwrap();
-        assert_eq!(large.members.len(), 6);
+        // plain, lean, authors' for the reference, libtorch and PyTorch eager
+        assert_eq!(large.members.len(), 9);
+        assert!(large.members.iter().any(|m| m.imp == Impl::EAGER_CPU_F32));
         assert!(Plan::full().uses_cuda());
     }
 

@@ -232,8 +232,8 @@ pub fn cuda_available() -> bool {
 /// The libtorch device of a backend, or why it is unavailable.
 pub fn device_of(backend: Backend) -> std::result::Result<tch::Device, String> {
     match backend {
-        Backend::Reference | Backend::TchCpu => Ok(tch::Device::Cpu),
-        Backend::TchCuda => {
+        Backend::Reference | Backend::TchCpu | Backend::EagerCpu => Ok(tch::Device::Cpu),
+        Backend::TchCuda | Backend::EagerCuda => {
             if cuda_available() {
                 Ok(tch::Device::Cuda(0))
             } else {
@@ -276,6 +276,28 @@ pub fn build(member: &Member) -> Result<Built> {
         Ok(d) => d,
         Err(why) => return Ok(Built::Skipped(why)),
     };
+    if matches!(backend, Backend::EagerCpu | Backend::EagerCuda) {
+        let Task::Step { config, kind } = member.task else {
+            return Ok(Built::Skipped(
+                "the PyTorch eager baseline times training steps only".into(),
+            ));
+        };
+        if let Err(why) = crate::overhead::eager::locate() {
+            return Ok(Built::Skipped(format!("PyTorch eager: {why}")));
+        }
+        let dev = if backend == Backend::EagerCuda {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        let step = crate::overhead::eager::EagerStep::new(
+            &config,
+            kind,
+            dev,
+            tch::get_num_threads().max(1) as usize,
+        )?;
+        return Ok(Built::Ready(Box::new(step)));
+    }
     match member.task {
         Task::Gemm { size } => Ok(Built::Ready(Box::new(TchGemm::new(
             size, precision, device,

@@ -104,7 +104,7 @@ pub fn run(call: &Call, tally: &mut Tally) -> Vec<String> {
     let mut violations = Vec::new();
     let r32 = reference::<f32>(call);
     let r64 = reference::<f64>(call);
-    let torch_too = !matches!(call, Call::Diagnostics(..));
+    let torch_too = !matches!(call, Call::Diagnostics(..) | Call::Backward(..));
     let (t32, t64) = if torch_too {
         (
             Some(torch(call, TorchPrecision::F32)),
@@ -181,9 +181,13 @@ fn f_of<F: Real>(a: &Array2<f64>) -> Array2<F> {
 }
 
 fn ref_state<F: Real>(mlp: &Mlp<F>, opt: Option<&Optimizer<F>>) -> StateDict<f64> {
-    let mut s = mlp.state_dict().cast::<f64>();
+    let mut s = mlp
+        .state_dict()
+        .cast::<f64>()
+        .expect("f32 and f64 widen to f64");
     if let Some(o) = opt {
-        s.entries.extend(o.state_dict(mlp).cast::<f64>().entries);
+        s.entries
+            .extend(o.state_dict(mlp).cast::<f64>().expect("widening").entries);
     }
     s
 }
@@ -214,6 +218,31 @@ fn ref_encoder<F: Real>(spec: &EncoderSpec) -> clae_reference::Result<Mlp<F>> {
         }
     }
     Ok(mlp)
+}
+
+/// The `f64` state of the encoder `spec` with entry `i` (mod the number of
+/// entries) changed at position `j` to `v`, or dropped when `v` is `None`.
+fn hostile_state(
+    spec: &EncoderSpec,
+    i: usize,
+    j: usize,
+    v: Option<f64>,
+) -> clae_reference::Result<StateDict<f64>> {
+    let mut sd = Mlp::<f64>::new(spec.config, spec.seed)?.state_dict();
+    let k = i % sd.entries.len();
+    match v {
+        None => {
+            sd.entries.remove(k);
+        }
+        Some(v) => {
+            let e = &mut sd.entries[k];
+            let len = e.value.len();
+            if let Some(x) = e.value.iter_mut().nth(j % len.max(1)) {
+                *x = v;
+            }
+        }
+    }
+    Ok(sd)
 }
 
 /// One call on the reference in `F`.
@@ -265,6 +294,53 @@ fn reference<F: Real>(call: &Call) -> Judged {
             }
             Ok(())
         }),
+        (Call::LoadState(spec, i, j, v), _) => guarded(call.name(), || {
+            let sd = hostile_state(spec, *i, *j, *v)?;
+            let mlp = Mlp::<F>::from_state_dict(spec.config, &sd.cast::<F>()?)?;
+            if !state_finite(&ref_state(&mlp, None)) {
+                return bad("a loaded encoder has a non-finite tensor");
+            }
+            Ok(())
+        }),
+        (Call::Backward(spec, x, scale), _) => guarded(call.name(), || {
+            let mlp = ref_encoder::<F>(spec)?;
+            let fwd = mlp.forward(
+                f_of::<F>(&x.array()).view(),
+                clae_reference::encoder::Mode::Train(clae_reference::encoder::Branch::Clean),
+            )?;
+            let dz = fwd.z.mapv(|v| v + F::c(*scale));
+            let all_finite = |a: &ndarray::Array2<F>| a.iter().all(|v| v.is_finite());
+            let grads_finite = |g: &clae_reference::encoder::MlpGrads<F>| {
+                g.tensors()
+                    .iter()
+                    .flatten()
+                    .all(|t| t.iter().all(|v| v.is_finite()))
+            };
+            let mut first_err = None;
+            match mlp.backward(&fwd, dz.view()) {
+                Ok(g) if !grads_finite(&g) => return bad("backward gave a non-finite gradient"),
+                Ok(_) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+            match mlp.backward_input(&fwd, dz.view()) {
+                Ok(dx) if !all_finite(&dx) => {
+                    return bad("backward_input gave a non-finite gradient")
+                }
+                Ok(_) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+            match mlp.backward_with_input(&fwd, dz.view()) {
+                Ok((g, dx)) if !grads_finite(&g) || !all_finite(&dx) => {
+                    return bad("backward_with_input gave a non-finite gradient")
+                }
+                Ok(_) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }),
         (_, Some(spec)) => match guarded("building the encoder", || ref_encoder::<F>(spec)) {
             Err(panic) => Err(panic),
             Ok(Err(e)) => Ok(Err(e)),
@@ -278,8 +354,13 @@ fn reference<F: Real>(call: &Call) -> Judged {
                     let mut want = before;
                     if let Some(o) = &opt {
                         let fresh = Optimizer::new(*o.config(), &mlp).expect("it was made once");
-                        want.entries
-                            .extend(fresh.state_dict(&mlp).cast::<f64>().entries);
+                        want.entries.extend(
+                            fresh
+                                .state_dict(&mlp)
+                                .cast::<f64>()
+                                .expect("widening")
+                                .entries,
+                        );
                     }
                     if bits(&want) != bits(&ref_state(&mlp, opt.as_ref())) {
                         violations.push(format!(
@@ -488,6 +569,19 @@ fn torch(call: &Call, precision: TorchPrecision) -> Judged {
                 let mlp = clae_accelerated::mlp::Mlp::new(*cfg, 0, tch::Device::Cpu, precision)?;
                 if !state_finite(&torch_state(&mlp, None)?) {
                     return bad("a new encoder has a non-finite tensor");
+                }
+                Ok(())
+            }
+            Call::LoadState(spec, i, j, v) => {
+                let sd = hostile_state(spec, *i, *j, *v)?;
+                let mlp = clae_accelerated::mlp::Mlp::from_state_dict(
+                    spec.config,
+                    &sd,
+                    tch::Device::Cpu,
+                    precision,
+                )?;
+                if !state_finite(&torch_state(&mlp, None)?) {
+                    return bad("a loaded encoder has a non-finite tensor");
                 }
                 Ok(())
             }

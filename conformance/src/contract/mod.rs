@@ -204,7 +204,7 @@ fn tau() -> BoxedStrategy<f64> {
 fn adv_config() -> BoxedStrategy<AdvConfig> {
     let attack = prop_oneof![
         3 => Just(Attack::Fgsm),
-        1 => (prop::sample::select(vec![0usize, 1, 1, 3, 3]), scalar(1e-3, 0.1))
+        1 => (prop::sample::select(vec![0usize, 1, 1, 3, 3, 1 << 40, usize::MAX]), scalar(1e-3, 0.1))
             .prop_map(|(steps, eta)| Attack::Pgd { steps, eta }),
     ];
     let clamp = prop_oneof![
@@ -289,6 +289,13 @@ pub enum Call {
     /// The reference's `uniformity(z, t)` and `alignment(z_p, z_q, alpha)`
     /// diagnostics (reference only).
     Diagnostics(Batch, Batch, f64),
+    /// `from_state_dict` / `load_state_dict` of an encoder's `f64` state
+    /// with one entry changed: `(entry, position, value)` (NaN, a value
+    /// beyond `f32`, a negative running variance), or the entry dropped.
+    LoadState(EncoderSpec, usize, usize, Option<f64>),
+    /// A forward pass, then the reference's `backward`, `backward_input` and
+    /// `backward_with_input` with `dz` scaled by the factor (reference only).
+    Backward(EncoderSpec, Batch, f64),
 }
 
 impl Call {
@@ -307,6 +314,8 @@ impl Call {
             Call::Step(.., StepSpec::Clae(c)) if c.recipe == Recipe::Lean => "clae_step (lean)",
             Call::Step(..) => "clae_step (authors)",
             Call::Diagnostics(..) => "uniformity, alignment",
+            Call::LoadState(..) => "from_state_dict",
+            Call::Backward(..) => "backward (reference)",
         }
     }
 }
@@ -407,7 +416,26 @@ pub fn calls() -> BoxedStrategy<Call> {
     )
         .prop_flat_map(|(d, t, n)| (batch(Just(n).boxed(), d), batch(rows_like(n), d), Just(t)))
         .prop_map(|(a, b, t)| Call::Diagnostics(a, b, t));
+    let load_state = (encoder(), any::<usize>(), any::<usize>(), prop_oneof![
+        1 => Just(None),
+        4 => prop::sample::select(vec![f64::NAN, f64::INFINITY, 1e300, -1.0, -1e-30, 0.5]).prop_map(Some),
+    ])
+        .prop_map(|(e, i, j, v)| Call::LoadState(e, i, j, v));
+    let backward = encoder()
+        .prop_flat_map(|e| {
+            (
+                Just(e),
+                batch(
+                    prop_oneof![1 => Just(1usize), 6 => 2usize..6].boxed(),
+                    e.config.d_in,
+                ),
+                prop::sample::select(vec![1.0, 1e30, 1e300, f64::NAN, 0.0]),
+            )
+        })
+        .prop_map(|(e, x, s)| Call::Backward(e, x, s));
     prop_oneof![
+        1 => load_state,
+        1 => backward,
         2 => new_encoder,
         2 => forward,
         1 => forward_train,

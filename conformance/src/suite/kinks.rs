@@ -24,7 +24,7 @@ use ndarray::Array2;
 /// (backbone BatchNorm outputs, then the head's first linear layer), as
 /// the reference computes them in `F`.
 fn pre_relu<F: Real>(model: &Model, x: &Array2<f64>, mode: Mode) -> Option<Vec<Array2<f64>>> {
-    let mlp = Mlp::<F>::from_state_dict(model.config, &model.state.cast()).ok()?;
+    let mlp = Mlp::<F>::from_state_dict(model.config, &model.state.cast().ok()?).ok()?;
     let fwd = mlp.forward(x.mapv(F::c).view(), mode).ok()?;
     let mut out = Vec::with_capacity(mlp.backbone.len() + 1);
     for (layer, cache) in mlp.backbone.iter().zip(&fwd.bn) {

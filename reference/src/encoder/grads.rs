@@ -186,8 +186,9 @@ impl<F: Real> MlpGrads<F> {
     /// `self += other`, tensor by tensor (`None` is the empty sum, so a
     /// tensor present in either side is present in the result).
     ///
-    /// Errors: [`ClaeError::ShapeMismatch`] if the two are not shaped alike
-    /// (nothing is changed then).
+    /// Errors (nothing is changed then): [`ClaeError::ShapeMismatch`] if the
+    /// two are not shaped alike, [`ClaeError::Overflow`] if a sum is not
+    /// representable.
     pub fn accumulate(&mut self, other: &MlpGrads<F>) -> Result<()> {
         let shapes = |g: &MlpGrads<F>| -> Vec<Option<Vec<usize>>> {
             g.tensors()
@@ -208,7 +209,21 @@ impl<F: Real> MlpGrads<F> {
                 actual: format!("{b:?}"),
             });
         }
-        self.add_unchecked(other);
+        let mut sum = self.clone();
+        sum.add_unchecked(other);
+        if sum
+            .tensors()
+            .iter()
+            .flatten()
+            .any(|t| !t.iter().all(|v| v.is_finite()))
+        {
+            return Err(ClaeError::Overflow {
+                cause: "the two gradients".into(),
+                quantity: "their sum".into(),
+                precision: F::NAME.to_string(),
+            });
+        }
+        *self = sum;
         Ok(())
     }
 

@@ -174,7 +174,7 @@ impl<F: Real> Mlp<F> {
     /// assert_eq!(a, b);
     /// ```
     pub fn from_state_dict(config: MlpConfig, state: &StateDict<F>) -> Result<Self> {
-        let mut mlp = Mlp::new(config, 0)?;
+        let mut mlp = Mlp::zeros(config)?;
         let mut rest = state.clone();
         let layout = mlp.layout();
         let mut values = Vec::with_capacity(layout.len());
@@ -185,6 +185,7 @@ impl<F: Real> Mlp<F> {
         for (mut dst, src) in mlp.views_mut().into_iter().zip(values) {
             dst.assign(&src);
         }
+        mlp.validate()?; // e.g. a negative running variance
         Ok(mlp)
     }
 }

@@ -287,6 +287,23 @@ impl MlpConfig {
         self.num_parameters().map(|_| ())
     }
 
+    /// Whether a pass over a batch of `n` rows can be made: its `n x D_in`
+    /// input copy and `n x h` activations addressable ([`check::elements`])
+    /// and what a pass keeps (the input copy, about three `n x h` arrays per
+    /// block and four for the head) allocatable ([`check::allocatable`]);
+    /// [`ClaeError::TooLarge`] naming `what` otherwise.
+    pub fn check_batch_size<F: Real>(&self, what: &str, n: usize) -> Result<()> {
+        let what = format!("activations of {what}");
+        let input = check::elements(&what, &[n, self.d_in])?;
+        let acts = check::elements(&what, &[n, self.hidden.max(self.d)])?;
+        // the pass copies its input and keeps about three N x h arrays per
+        // block and four for the head
+        let kept = acts
+            .saturating_mul(self.depth.saturating_mul(3).saturating_add(4))
+            .saturating_add(input);
+        check::allocatable::<F>(&what, kept)
+    }
+
     /// Number of trainable scalars, with checked arithmetic
     /// ([`ClaeError::TooLarge`] when it cannot be addressed).
     ///
@@ -437,24 +454,40 @@ impl<F: Real> Mlp<F> {
     /// assert_eq!(a.num_parameters(), (6*5+5 + 4*5) + (5*5+5 + 4*5) + (5*5+5) + (5*3+3));
     /// ```
     pub fn new(config: MlpConfig, seed: u64) -> Result<Self> {
-        config.validate_for::<F>()?;
-        let total = config.num_parameters()?;
-        check::allocatable::<F>("encoder parameters", total)?;
         let mut rng = Rng::new(seed);
+        Self::build(config, |fan_in, fan_out| {
+            Linear::init(fan_in, fan_out, &mut rng)
+        })
+    }
+
+    /// An encoder of `config` with every linear weight and bias 0 and
+    /// BatchNorm at PyTorch's initial state: what a state dict is loaded into.
+    pub(crate) fn zeros(config: MlpConfig) -> Result<Self> {
+        Self::build(config, Linear::zeros)
+    }
+
+    /// The encoder's structure, with each linear layer from `linear(in, out)`
+    /// in the order backbone 0..L, head 0, head 1.
+    fn build(
+        config: MlpConfig,
+        mut linear: impl FnMut(usize, usize) -> Result<Linear<F>>,
+    ) -> Result<Self> {
+        config.validate_for::<F>()?;
+        check::allocatable::<F>("encoder parameters", config.num_parameters()?)?;
         let mut backbone = Vec::with_capacity(config.depth);
         let mut fan_in = config.d_in;
         for _ in 0..config.depth {
             backbone.push(BackboneLayer {
-                linear: Linear::init(fan_in, config.hidden, &mut rng)?,
+                linear: linear(fan_in, config.hidden)?,
                 bn: DualBatchNorm1d {
-                    clean: BatchNorm1d::new(config.hidden, config.bn_momentum_clean, config.bn_eps),
-                    adv: BatchNorm1d::new(config.hidden, config.bn_momentum_adv, config.bn_eps),
+                    clean: BatchNorm1d::new(config.hidden),
+                    adv: BatchNorm1d::new(config.hidden),
                 },
             });
             fan_in = config.hidden;
         }
-        let head0 = Linear::init(fan_in, config.hidden, &mut rng)?;
-        let head1 = Linear::init(config.hidden, config.d, &mut rng)?;
+        let head0 = linear(fan_in, config.hidden)?;
+        let head1 = linear(config.hidden, config.d)?;
         Ok(Mlp {
             config,
             backbone,
@@ -473,11 +506,15 @@ impl<F: Real> Mlp<F> {
     }
 
     /// Checks the config (in `F`), that every tensor has the shape the
-    /// config implies, and that every parameter and buffer is finite.
+    /// config implies, that every parameter and buffer is finite, and that
+    /// every running variance is `>= 0`.
     pub fn validate(&self) -> Result<()> {
         self.validate_shapes()?;
         for ((name, _, _), view) in self.layout().iter().zip(self.views()) {
-            check::finite(name, view)?;
+            check::finite(name, view.view())?;
+            if name.ends_with("running_var") {
+                check::non_negative_entries(name, view)?;
+            }
         }
         Ok(())
     }
@@ -600,9 +637,9 @@ impl<F: Real> Mlp<F> {
 
     // ------------------------------------------------ crate-internal checks --
 
-    /// The input of a pass in `mode`: `N x D_in` (and `N >= 2` in training
-    /// mode), finite, and small enough that the pass's `N x h` and `N x d`
-    /// activations can be addressed.
+    /// The input of a pass in `mode`, in docs/SPEC.md §7.1's order: `N x D_in`
+    /// (and `N >= 2` in training mode), small enough for the pass
+    /// ([`MlpConfig::check_batch_size`]), finite.
     pub(crate) fn check_input(&self, what: &str, x: ArrayView2<'_, F>, mode: Mode) -> Result<()> {
         let c = &self.config;
         if x.ncols() != c.d_in {
@@ -613,12 +650,9 @@ impl<F: Real> Mlp<F> {
             });
         }
         if matches!(mode, Mode::Train(_)) {
-            check::batch(what, x, Some(c.d_in))?;
+            check::batch_shape(what, x, Some(c.d_in))?;
         }
-        check::elements(
-            &format!("activations of {what}"),
-            &[x.nrows(), c.hidden.max(c.d)],
-        )?;
+        c.check_batch_size::<F>(what, x.nrows())?;
         check::finite(what, x)
     }
 
@@ -730,9 +764,13 @@ impl<F: Real> Mlp<F> {
         let mut bns: Vec<DualBatchNorm1d<F>> = self.backbone.iter().map(|l| l.bn.clone()).collect();
         for (mode, stats) in passes {
             let Mode::Train(branch) = mode else { continue };
+            let momentum = match branch {
+                Branch::Clean => self.config.bn_momentum_clean,
+                Branch::Adv => self.config.bn_momentum_adv,
+            };
             for (bn, s) in bns.iter_mut().zip(stats) {
                 let bn = bn.branch_mut(branch);
-                let (mean, var) = bn.running_after(s);
+                let (mean, var) = bn.running_after(s, momentum);
                 bn.running_mean = mean;
                 bn.running_var = var;
             }

@@ -123,7 +123,8 @@ pub(crate) fn batchnorm_backward<F: Real>(
     (dx, dgamma, dbeta)
 }
 
-/// One BatchNorm1d: affine parameters, running statistics and its constants.
+/// One BatchNorm1d: affine parameters and running statistics (its momentum
+/// and `eps_bn` are the encoder's [`crate::encoder::MlpConfig`]'s).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNorm1d<F> {
     /// `γ` (PyTorch `weight`), initialised to 1.
@@ -134,30 +135,28 @@ pub struct BatchNorm1d<F> {
     pub running_mean: Array1<F>,
     /// Running (unbiased) variance, initialised to 1.
     pub running_var: Array1<F>,
-    /// Momentum `m` of `running = (1 − m) running + m batch_stat`.
-    pub momentum: f64,
-    /// `eps_bn`, added to the variance (1e-5).
-    pub eps: f64,
 }
 
 impl<F: Real> BatchNorm1d<F> {
     /// PyTorch's initial state for `h` features.
-    pub(crate) fn new(h: usize, momentum: f64, eps: f64) -> Self {
+    pub(crate) fn new(h: usize) -> Self {
         BatchNorm1d {
             gamma: Array1::ones(h),
             beta: Array1::zeros(h),
             running_mean: Array1::zeros(h),
             running_var: Array1::ones(h),
-            momentum,
-            eps,
         }
     }
 
-    /// PyTorch's update, `running = (1 − m) running + m stat` with the
-    /// unbiased variance for `running_var`, returned as new
+    /// PyTorch's update with momentum `m`, `running = (1 − m) running + m
+    /// stat`, with the unbiased variance for `running_var`, returned as new
     /// `(running_mean, running_var)` (the caller checks and commits them).
-    pub(crate) fn running_after(&self, stats: &BnStats<F>) -> (Array1<F>, Array1<F>) {
-        let m = F::c(self.momentum);
+    pub(crate) fn running_after(
+        &self,
+        stats: &BnStats<F>,
+        momentum: f64,
+    ) -> (Array1<F>, Array1<F>) {
+        let m = F::c(momentum);
         let keep = F::one() - m;
         let update = |running: &Array1<F>, stat: &Array1<F>| {
             Zip::from(running)
@@ -232,11 +231,14 @@ mod tests {
 
     #[test]
     fn running_update_is_pytorch_rule() {
-        let bn = BatchNorm1d::<f64>::new(1, 0.1, 1e-5);
-        let (mean, var) = bn.running_after(&BnStats {
-            mean: array![2.0],
-            var_unbiased: array![3.0],
-        });
+        let bn = BatchNorm1d::<f64>::new(1);
+        let (mean, var) = bn.running_after(
+            &BnStats {
+                mean: array![2.0],
+                var_unbiased: array![3.0],
+            },
+            0.1,
+        );
         assert!((mean[0] - 0.2).abs() < 1e-15);
         assert!((var[0] - 1.2).abs() < 1e-15);
     }

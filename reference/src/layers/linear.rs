@@ -69,6 +69,18 @@ impl<F: Real> Linear<F> {
         })
     }
 
+    /// All zeros (allocated fallibly, as [`Linear::init`]).
+    pub(crate) fn zeros(fan_in: usize, fan_out: usize) -> Result<Self> {
+        let len = check::elements("linear weight", &[fan_out, fan_in])?;
+        let w = check::try_filled("linear weight", len, F::zero)?;
+        let b = check::try_filled("linear bias", fan_out, F::zero)?;
+        Ok(Linear {
+            weight: Array2::from_shape_vec((fan_out, fan_in), w)
+                .expect("len = fan_out * fan_in was allocated above"),
+            bias: Array1::from_vec(b),
+        })
+    }
+
     /// `in`, the input width.
     pub fn fan_in(&self) -> usize {
         self.weight.ncols()

@@ -3,9 +3,10 @@
 use crate::real::Real;
 use ndarray::{Array2, ArrayView2, Zip};
 
-/// `y = max(x, 0)`. Shapes: `x: N x h` → `y: N x h`.
+/// `y = max(x, 0)`; a NaN stays NaN, as in PyTorch (so a non-finite value
+/// is never hidden). Shapes: `x: N x h` → `y: N x h`.
 pub(crate) fn relu_forward<F: Real>(x: ArrayView2<'_, F>) -> Array2<F> {
-    x.mapv(|v| if v > F::zero() { v } else { F::zero() })
+    x.mapv(|v| if v <= F::zero() { F::zero() } else { v })
 }
 
 /// `dx = dy ⊙ [y > 0]`, written with the *output* `y` as PyTorch's

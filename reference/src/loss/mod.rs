@@ -105,9 +105,18 @@ pub(crate) fn check_inputs<F: Real>(
     tau: f64,
 ) -> Result<F> {
     let tau = check::tau::<F>(tau)?;
-    check::pair(("Z_P", z_p), ("Z_Q", z_q), None)?;
+    check::pair_shapes(("Z_P", z_p), ("Z_Q", z_q), None)?;
     let two_n = z_p.nrows().saturating_mul(2);
-    check::elements("the similarity matrix", &[two_n, two_n])?;
+    let len = check::elements("the similarity matrix", &[two_n, two_n])?;
+    let rows = check::elements("the embeddings", &[two_n, z_p.ncols()])?;
+    // the losses hold a few 2N x 2N arrays and 2N x d ones at once: refused
+    // before starting
+    check::allocatable::<F>(
+        "the similarity matrices",
+        len.saturating_mul(4).saturating_add(rows.saturating_mul(4)),
+    )?;
+    check::finite("Z_P", z_p)?;
+    check::finite("Z_Q", z_q)?;
     Ok(tau)
 }
 
