@@ -51,7 +51,7 @@ pub(crate) use for_precision;
 ///   together by one reduction each, so a ResNet's sixty BatchNorm passes
 ///   cost two reductions, not sixty.
 ///
-/// [`Health::read`] makes the one transfer; when something failed, the
+/// `Health::read` makes the one transfer; when something failed, the
 /// entries are examined one by one (the slow path only) and the first that
 /// failed becomes a [`ClaeError::Overflow`] naming its cause and quantity.
 #[derive(Debug)]
@@ -73,23 +73,24 @@ pub(crate) struct Reading {
     pub(crate) failure: Option<ClaeError>,
 }
 
-fn inf_norm(t: &Tensor) -> Result<Tensor> {
-    // linalg_norm(inf) is max |t| in one pass without a temporary, NaN
-    // propagating; it has no identity on an empty tensor (and a failing
-    // op with a Scalar argument panics in tch 0.24's Scalar drop): 0 there.
+/// `max |t|` as a 0-d `f64` tensor, NaN or inf when `t` holds one: from one
+/// `aminmax` pass, `max(max t, −min t)` (both NaN-propagating). Ten times
+/// faster on the CPU than `abs().max()` (no temporary) or the `inf` norm
+/// (a scalar kernel), and twenty than `isfinite().all()`. 0 for an empty
+/// tensor (and no failing op: in tch 0.24 a failing op with a Scalar
+/// argument panics in the Scalar's drop).
+pub(crate) fn inf_norm(t: &Tensor) -> Result<Tensor> {
     if t.numel() == 0 {
         return Ok(Tensor::f_zeros([], (Kind::Double, t.device()))?);
     }
-    // (linalg_norm without `dim` takes 1-D or 2-D input: flattened first)
-    Ok(t.f_detach()?
-        .f_reshape([-1])?
-        .f_linalg_norm(f64::INFINITY, None::<&[i64]>, false, None::<Kind>)?
-        .f_to_kind(Kind::Double)?)
+    let (lo, hi) = t.f_detach()?.f_aminmax(None::<i64>, false)?;
+    Ok(hi.f_maximum(&lo.f_neg()?)?.f_to_kind(Kind::Double)?)
 }
 
 impl Health {
-    /// No entries yet; overflow errors will say `precision`.
-    pub(crate) fn new(precision: Precision) -> Self {
+    /// No entries yet; overflow errors will say `precision` (what a caller
+    /// of [`crate::Encoder::forward_unchecked`] hands it).
+    pub fn new(precision: Precision) -> Self {
         Health {
             precision,
             cause: String::new(),
@@ -118,11 +119,7 @@ impl Health {
 
     /// A small tensor whose every entry must be finite (checked with the
     /// others in one reduction).
-    pub(crate) fn push_small_finite(
-        &mut self,
-        quantity: impl Into<String>,
-        t: &Tensor,
-    ) -> Result<()> {
+    pub fn push_small_finite(&mut self, quantity: impl Into<String>, t: &Tensor) -> Result<()> {
         self.finite.push((
             self.cause.clone(),
             quantity.into(),
@@ -256,14 +253,10 @@ pub(crate) fn shape_string(dims: &[i64]) -> String {
         .join(" x ")
 }
 
-fn as_bool(t: &Tensor) -> Result<bool> {
-    Ok(t.f_to_kind(Kind::Int64)?.f_int64_value(&[])? != 0)
-}
-
 /// Fails with [`ClaeError::NonFinite`] at the first NaN or infinity of `t`
 /// (row-major order), as [`check::finite`] does.
 pub(crate) fn finite(what: &str, t: &Tensor) -> Result<()> {
-    if as_bool(&t.f_isfinite()?.f_all()?)? {
+    if inf_norm(t)?.f_double_value(&[])?.is_finite() {
         return Ok(());
     }
     locate_non_finite(what, t)
@@ -292,16 +285,15 @@ fn locate_non_finite(what: &str, t: &Tensor) -> Result<()> {
     .into())
 }
 
-/// Every tensor finite, with one device synchronisation when they are.
+/// Every tensor finite, with one device synchronisation when they are
+/// (`max |t|` of each, [`inf_norm`]); the first non-finite entry located
+/// otherwise.
 pub(crate) fn all_finite(named: &[(&str, &Tensor)]) -> Result<()> {
     if named.is_empty() {
         return Ok(());
     }
-    let flags = named
-        .iter()
-        .map(|(_, t)| t.f_isfinite()?.f_all())
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    if as_bool(&Tensor::f_stack(&flags, 0)?.f_all()?)? {
+    let ts: Vec<&Tensor> = named.iter().map(|(_, t)| *t).collect();
+    if magnitudes(&ts)?.iter().all(|m| m.is_finite()) {
         return Ok(());
     }
     for (what, t) in named {

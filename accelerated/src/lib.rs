@@ -51,6 +51,7 @@ pub mod optim;
 pub mod resnet;
 pub mod step;
 
+pub use check::Health;
 pub use encoder::Encoder;
 pub use error::{Error, Result};
 pub use layers::NORMALIZE_EPS;

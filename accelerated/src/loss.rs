@@ -46,35 +46,34 @@ fn diagonal(two_n: i64, device: Device) -> Result<Tensor> {
 }
 
 /// `−log softmax(s[r])[t_r]` for every row `r` (`t: R x 1`, int64), masked
-/// entries `−inf`. This is `F.cross_entropy(s, t, reduction='none')`, except
-/// where the target is its row's maximum — an aligned pair at small `tau`,
-/// the usual case late in training — where `logsumexp(s) − s[t]` would
-/// cancel to rounding noise (at `tau = 0.01` in `f32` a loss of `1e-10`
-/// comes out as 0 and its gradient `p_t − 1` as noise). There it is
-/// computed as `log1p(Σ_{c≠t} exp(s[c] − s[t]))`, every exponent `<= 0`.
-/// The unused branch is kept finite (exponents clamped to `<= 0`) so no
-/// `inf · 0` reaches the gradient through the `where`.
+/// entries `−inf`: `F.cross_entropy(s, t, reduction='none')`, except where
+/// the target dominates its row — an aligned pair at small `tau`, the usual
+/// case late in training — where `−log_softmax(s)[t]` would be rounding
+/// noise (at `tau = 0.01` in `f32` a loss of `1e-10` comes out as 0, and its
+/// gradient `p_t − 1` as noise).
+///
+/// ```text
+/// ls = log_softmax(s)                    q = Σ_{c≠t} exp(ls[c])  (= 1 − p_t, summed without p_t)
+/// nll = −log1p(−q)    where p_t > 1/2    (q < 1/2: no cancellation in 1 − q)
+/// nll = −ls[t]        elsewhere          (p_t <= 1/2: ls[t] <= −ln 2, accurate)
+/// ```
+///
+/// Both branches go through `log_softmax`, whose backward keeps each row of
+/// `softmax − onehot` summing to zero (which the gradient of a batch of
+/// near-duplicate embeddings, a difference of nearly equal vectors, needs),
+/// and the unused one is kept finite (`q` clamped to `<= 1/2`) so no
+/// `inf · 0` reaches the gradient through the `where`. Five passes over the
+/// logits, against `F.cross_entropy`'s three.
 pub(crate) fn target_nll(s: &Tensor, t: &Tensor) -> Result<Tensor> {
-    let s_t = s.f_gather(1, t, false)?;
-    let diff = s.f_sub(&s_t)?;
-    let target_is_max = diff.f_gt(0.0)?.f_any_dim(1, false)?.f_logical_not()?;
-    let others = diff
-        .f_clamp_max(0.0)?
-        .f_exp()?
-        .f_scatter_value(1, t, 0.0)?
-        .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?;
-    let dominant = others.f_log1p()?;
-    // `log_softmax`, not `logsumexp − s[t]`: its backward keeps each row of
-    // `softmax − onehot` summing to zero, which the gradient of a batch of
-    // near-duplicate embeddings (a difference of nearly equal vectors)
-    // needs; `logsumexp`'s backward is off by the rounding of the row's
-    // `lse` (at `tau = 0.01` in `f32`, 4e-4 relative where this is 8e-6).
-    let general = s
-        .f_log_softmax(1, None::<Kind>)?
-        .f_gather(1, t, false)?
-        .f_squeeze_dim(1)?
-        .f_neg()?;
-    Ok(dominant.f_where_self(&target_is_max, &general)?)
+    let ls = s.f_log_softmax(1, None::<Kind>)?;
+    let general = ls.f_gather(1, t, false)?.f_squeeze_dim(1)?.f_neg()?;
+    let q = ls.f_exp()?.f_scatter_value(1, t, 0.0)?.f_sum_dim_intlist(
+        [1i64].as_slice(),
+        false,
+        None::<Kind>,
+    )?;
+    let dominant = q.f_clamp_max(0.5)?.f_neg()?.f_log1p()?.f_neg()?;
+    Ok(dominant.f_where_self(&q.f_lt(0.5)?, &general)?)
 }
 
 /// docs/SPEC.md §3.2, SimCLR's NT-Xent, as the authors' `NT_Xent` computes it:

@@ -550,18 +550,24 @@ fn update(
     state: &mut Option<ParamState>,
 ) -> Result<()> {
     let mut p = p.shallow_clone();
+    // `a.add_(b, alpha=c)` is `a.addcmul_(b, c)` with `c` a 0-d tensor: one
+    // pass, no temporary (tch has no `alpha` argument)
+    let scalar = |v: f64| Tensor::f_scalar_tensor(v, (p.kind(), p.device()));
     match config {
         OptimizerConfig::Sgd {
             lr,
             momentum,
             weight_decay,
         } => {
-            let mut d_p = g.shallow_clone();
-            if weight_decay != 0.0 {
-                d_p = d_p.f_add(&p.f_mul_scalar(weight_decay)?)?;
-            }
-            if momentum != 0.0 {
-                d_p = match state {
+            // d_p = grad.add(param, alpha=weight_decay): a new tensor
+            let fresh = weight_decay != 0.0;
+            let d_p = if fresh {
+                g.f_addcmul(&p, &scalar(weight_decay)?)?
+            } else {
+                g.shallow_clone()
+            };
+            let d_p = if momentum != 0.0 {
+                match state {
                     Some(ParamState::Sgd {
                         momentum_buffer: Some(b),
                     }) => {
@@ -570,18 +576,20 @@ fn update(
                         b.shallow_clone()
                     }
                     _ => {
-                        // buf = torch.clone(d_p).detach()
-                        let mut b = d_p.f_zeros_like()?;
-                        b.f_copy_(&d_p)?;
+                        // buf = torch.clone(d_p).detach() (d_p itself when it
+                        // is already a tensor of its own)
+                        let b = if fresh { d_p } else { d_p.f_detach_copy()? };
                         *state = Some(ParamState::Sgd {
                             momentum_buffer: Some(b.shallow_clone()),
                         });
                         b
                     }
-                };
-            }
+                }
+            } else {
+                d_p
+            };
             // param.add_(d_p, alpha=-lr)
-            let _ = p.f_sub_(&d_p.f_mul_scalar(lr)?)?;
+            let _ = p.f_addcmul_(&d_p, &scalar(-lr)?)?;
         }
         OptimizerConfig::Adam {
             lr,
@@ -591,7 +599,7 @@ fn update(
             weight_decay,
         } => {
             let grad = if weight_decay != 0.0 {
-                g.f_add(&p.f_mul_scalar(weight_decay)?)?
+                g.f_addcmul(&p, &scalar(weight_decay)?)?
             } else {
                 g.shallow_clone()
             };
@@ -615,22 +623,21 @@ fn update(
             *step += 1;
             // exp_avg.lerp_(grad, 1 - beta1)
             let _ = exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
-            // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            let _ = exp_avg_sq
-                .f_mul_scalar_(beta2)?
-                .f_addcmul_(&grad.f_mul_scalar(1.0 - beta2)?, &grad)?;
+            // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2),
+            // as one lerp towards grad²
+            let _ = exp_avg_sq.f_lerp_(&grad.f_square()?, 1.0 - beta2)?;
             let t = *step as f64;
             let bias_correction1 = 1.0 - beta1.powf(t);
-            let bias_correction2 = 1.0 - beta2.powf(t);
+            let bias_correction2_sqrt = (1.0 - beta2.powf(t)).powf(0.5);
             let step_size = lr / bias_correction1;
-            let bias_correction2_sqrt = bias_correction2.powf(0.5);
-            // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-            let denom = exp_avg_sq
-                .f_sqrt()?
-                .f_div_scalar(bias_correction2_sqrt)?
-                .f_add_scalar(eps)?;
-            // param.addcdiv_(exp_avg, denom, value=-step_size)
-            let _ = p.f_addcdiv_(&exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+            // param -= step_size * exp_avg / (sqrt(exp_avg_sq) / b + eps),
+            // b = sqrt(bias_correction2), written as
+            // param += exp_avg / ((sqrt(exp_avg_sq) + b eps) / (-step_size b)):
+            // the same formula in four passes, in place on one temporary
+            let mut denom = exp_avg_sq.f_sqrt()?;
+            let _ = denom.f_add_scalar_(eps * bias_correction2_sqrt)?;
+            let _ = denom.f_div_scalar_(-step_size * bias_correction2_sqrt)?;
+            let _ = p.f_addcdiv_(exp_avg, &denom)?;
         }
     }
     Ok(())

@@ -218,14 +218,26 @@ pub fn tau<F: Real>(tau: f64) -> Result<F> {
 /// assert!(max_abs("x", array![1.0, f64::NAN].view()).is_err());
 /// ```
 pub fn max_abs<F: Real, D: Dimension>(what: &str, a: ArrayView<'_, F, D>) -> Result<f64> {
-    let mut m = F::zero();
-    let mut finite_all = true;
-    for &v in a.iter() {
+    // (max |v|, every v finite) of a run of entries; `!(v <= MAX)` is true
+    // for NaN and inf
+    let fold = |(m, ok): (F, bool), v: F| {
         let v = v.abs();
-        // `!(v <= MAX)` is true for NaN and inf
-        finite_all &= v <= F::max_value();
-        m = if v > m { v } else { m };
-    }
+        (if v > m { v } else { m }, ok && v <= F::max_value())
+    };
+    let join =
+        |(m1, ok1): (F, bool), (m2, ok2): (F, bool)| (if m2 > m1 { m2 } else { m1 }, ok1 && ok2);
+    let (m, finite_all) = match a.as_slice_memory_order() {
+        // large contiguous arrays (parameters, gradients): in parallel
+        Some(slice) if slice.len() >= 1 << 16 => {
+            use ndarray::parallel::prelude::*;
+            ndarray::ArrayView1::from(slice)
+                .axis_chunks_iter(ndarray::Axis(0), 1 << 14)
+                .into_par_iter()
+                .map(|c| c.iter().fold((F::zero(), true), |acc, &v| fold(acc, v)))
+                .reduce(|| (F::zero(), true), join)
+        }
+        _ => a.iter().fold((F::zero(), true), |acc, &v| fold(acc, v)),
+    };
     if finite_all {
         Ok(m.as_f64())
     } else {

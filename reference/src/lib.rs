@@ -6,6 +6,7 @@ pub mod check;
 pub mod diagnostics;
 pub mod encoder;
 pub mod error;
+pub mod gemm;
 pub mod layers;
 pub mod loss;
 pub mod optim;

@@ -34,42 +34,49 @@ use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 /// ```
 fn update<F: Real>(
     config: OptimizerConfig,
-    mut p: ArrayViewMutD<'_, F>,
+    p: ArrayViewMutD<'_, F>,
     g: &ArrayViewD<'_, F>,
     state: &mut Option<ParamState<F>>,
 ) {
+    // Each rule is one pass over the parameter, element by element (in
+    // parallel: the elements are independent), with the equations above in
+    // order — the same arithmetic as torch.optim's sequence of whole-tensor
+    // operations, without its temporaries.
     match config {
         OptimizerConfig::Sgd {
             lr,
             momentum,
             weight_decay,
         } => {
-            let mut d_p = g.to_owned();
-            if weight_decay != 0.0 {
-                let wd = F::c(weight_decay);
-                Zip::from(&mut d_p).and(&p).for_each(|d, &p| *d += wd * p);
+            let (lr, mu, wd) = (F::c(lr), F::c(momentum), F::c(weight_decay));
+            let decayed = |g: F, p: F| if weight_decay != 0.0 { g + wd * p } else { g };
+            if momentum == 0.0 {
+                Zip::from(p).and(g).par_for_each(|p, &g| {
+                    let d = decayed(g, *p);
+                    *p -= lr * d;
+                });
+                return;
             }
-            if momentum != 0.0 {
-                let mu = F::c(momentum);
-                d_p = match state {
-                    Some(ParamState::Sgd {
+            match state {
+                Some(ParamState::Sgd {
+                    momentum_buffer: Some(b),
+                }) => Zip::from(p).and(g).and(b).par_for_each(|p, &g, b| {
+                    let d = decayed(g, *p);
+                    *b = *b * mu + d;
+                    *p -= lr * *b;
+                }),
+                _ => {
+                    // first step: b = g (+ wd p)
+                    let mut b = ArrayD::zeros(p.raw_dim());
+                    Zip::from(p).and(g).and(&mut b).par_for_each(|p, &g, b| {
+                        *b = decayed(g, *p);
+                        *p -= lr * *b;
+                    });
+                    *state = Some(ParamState::Sgd {
                         momentum_buffer: Some(b),
-                    }) => {
-                        Zip::from(&mut *b)
-                            .and(&d_p)
-                            .for_each(|b, &d| *b = *b * mu + d);
-                        b.clone()
-                    }
-                    _ => {
-                        *state = Some(ParamState::Sgd {
-                            momentum_buffer: Some(d_p.clone()),
-                        });
-                        d_p
-                    }
-                };
+                    });
+                }
             }
-            let lr = F::c(lr);
-            Zip::from(&mut p).and(&d_p).for_each(|p, &d| *p -= lr * d);
         }
         OptimizerConfig::Adam {
             lr,
@@ -78,59 +85,50 @@ fn update<F: Real>(
             eps,
             weight_decay,
         } => {
-            let mut grad = g.to_owned();
-            if weight_decay != 0.0 {
-                let wd = F::c(weight_decay);
-                Zip::from(&mut grad).and(&p).for_each(|d, &p| *d += wd * p);
+            if !matches!(state, Some(ParamState::Adam { .. })) {
+                *state = Some(ParamState::Adam {
+                    step: 0,
+                    exp_avg: ArrayD::zeros(p.raw_dim()),
+                    exp_avg_sq: ArrayD::zeros(p.raw_dim()),
+                });
             }
-            let (step, exp_avg, exp_avg_sq) = match state {
-                Some(ParamState::Adam {
-                    step,
-                    exp_avg,
-                    exp_avg_sq,
-                }) => (step, exp_avg, exp_avg_sq),
-                _ => {
-                    *state = Some(ParamState::Adam {
-                        step: 0,
-                        exp_avg: ArrayD::zeros(p.raw_dim()),
-                        exp_avg_sq: ArrayD::zeros(p.raw_dim()),
-                    });
-                    let Some(ParamState::Adam {
-                        step,
-                        exp_avg,
-                        exp_avg_sq,
-                    }) = state
-                    else {
-                        unreachable!("just set to Adam state")
-                    };
-                    (step, exp_avg, exp_avg_sq)
-                }
+            let Some(ParamState::Adam {
+                step,
+                exp_avg,
+                exp_avg_sq,
+            }) = state
+            else {
+                unreachable!("set to Adam state just above")
             };
             *step += 1;
-            let w1 = F::c(1.0 - beta1);
-            let b2 = F::c(beta2);
-            let w2 = F::c(1.0 - beta2);
-            // torch: exp_avg.lerp_(grad, 1 − β1); ATen's lerp for weight < 0.5 is m + w (g − m)
-            Zip::from(&mut *exp_avg).and(&grad).for_each(|m, &g| {
-                *m = if 1.0 - beta1 < 0.5 {
-                    *m + w1 * (g - *m)
-                } else {
-                    g - (g - *m) * (F::one() - w1)
-                }
-            });
-            Zip::from(&mut *exp_avg_sq)
-                .and(&grad)
-                .for_each(|v, &g| *v = *v * b2 + g * g * w2);
             let t = *step as i32;
             let bias_correction1 = 1.0 - beta1.powi(t);
             let bias_correction2 = 1.0 - beta2.powi(t);
             let step_size = F::c(lr / bias_correction1);
             let bc2_sqrt = F::c(bias_correction2.sqrt());
-            let eps = F::c(eps);
-            Zip::from(&mut p)
-                .and(&*exp_avg)
-                .and(&*exp_avg_sq)
-                .for_each(|p, &m, &v| *p -= step_size * (m / (v.sqrt() / bc2_sqrt + eps)));
+            let (wd, w1, b2, w2, eps) = (
+                F::c(weight_decay),
+                F::c(1.0 - beta1),
+                F::c(beta2),
+                F::c(1.0 - beta2),
+                F::c(eps),
+            );
+            // torch: exp_avg.lerp_(grad, 1 − β1); ATen's lerp for weight < 0.5 is m + w (g − m)
+            let lerp_low = 1.0 - beta1 < 0.5;
+            Zip::from(p)
+                .and(g)
+                .and(&mut *exp_avg)
+                .and(&mut *exp_avg_sq)
+                .par_for_each(|p, &g, m, v| {
+                    let grad = if weight_decay != 0.0 { g + wd * *p } else { g };
+                    *m = if lerp_low {
+                        *m + w1 * (grad - *m)
+                    } else {
+                        grad - (grad - *m) * (F::one() - w1)
+                    };
+                    *v = *v * b2 + grad * grad * w2;
+                    *p -= step_size * (*m / (v.sqrt() / bc2_sqrt + eps));
+                });
         }
     }
 }
@@ -496,7 +494,7 @@ impl<F: Real> Optimizer<F> {
     /// not be representable in `F`.
     pub fn step(&mut self, mlp: &mut Mlp<F>, grads: &MlpGrads<F>) -> Result<()> {
         self.check_fits(mlp)?;
-        mlp.validate()?;
+        let param_mags = mlp.parameter_magnitudes()?;
         let names = mlp.parameter_names();
         let tensors = grads.tensors();
         if tensors.len() != self.state.len() {
@@ -508,31 +506,59 @@ impl<F: Real> Optimizer<F> {
                 ),
             });
         }
-        // Everything is checked, and the update bounded, before the first
-        // parameter moves.
-        let mut plan = Vec::with_capacity(tensors.len());
+        let mut grad_mags = Vec::with_capacity(tensors.len());
         for (i, (p, g)) in mlp.parameters().iter().zip(&tensors).enumerate() {
-            let Some(g) = g else {
-                plan.push(None);
-                continue;
-            };
-            if g.shape() != p.shape() {
-                return Err(ClaeError::ShapeMismatch {
-                    what: format!("gradient of {}", names[i]),
-                    expected: format!("{:?}", p.shape()),
-                    actual: format!("{:?}", g.shape()),
-                });
-            }
-            let mag = Magnitudes {
-                param: check::max_abs(&names[i], p.view())?,
-                grad: check::max_abs(&format!("gradient of {}", names[i]), g.view())?,
-            };
-            let t = match &self.state[i] {
-                Some(ParamState::Adam { step, .. }) => step + 1,
-                _ => 1,
-            };
-            plan.push(Some(self.config.update_bound(mag, self.bounds[i], t)));
+            grad_mags.push(match g {
+                None => None,
+                Some(g) => {
+                    if g.shape() != p.shape() {
+                        return Err(ClaeError::ShapeMismatch {
+                            what: format!("gradient of {}", names[i]),
+                            expected: format!("{:?}", p.shape()),
+                            actual: format!("{:?}", g.shape()),
+                        });
+                    }
+                    Some(check::max_abs(
+                        &format!("gradient of {}", names[i]),
+                        g.view(),
+                    )?)
+                }
+            });
         }
+        self.step_measured(mlp, grads, &param_mags, &grad_mags)
+    }
+
+    /// The update from magnitudes already measured (`max |p|` of every
+    /// parameter, `max |g|` of every present gradient: finite, and the
+    /// gradients shaped like their parameters), all or nothing. The steps
+    /// call it with the magnitudes of their own single pass.
+    pub(crate) fn step_measured(
+        &mut self,
+        mlp: &mut Mlp<F>,
+        grads: &MlpGrads<F>,
+        param_mags: &[f64],
+        grad_mags: &[Option<f64>],
+    ) -> Result<()> {
+        let names = mlp.parameter_names();
+        let tensors = grads.tensors();
+        // Everything is bounded before the first parameter moves.
+        let plan: Vec<Option<UpdateBound>> = grad_mags
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                g.map(|grad| {
+                    let t = match &self.state[i] {
+                        Some(ParamState::Adam { step, .. }) => step + 1,
+                        _ => 1,
+                    };
+                    let mag = Magnitudes {
+                        param: param_mags[i],
+                        grad,
+                    };
+                    self.config.update_bound(mag, self.bounds[i], t)
+                })
+            })
+            .collect();
         let limit = safe_limit::<F>();
         let config = self.config;
         // Updates that might overflow are made on copies first; if any is not

@@ -36,6 +36,14 @@ pub trait Real:
     fn c(x: f64) -> Self;
     /// Widens to `f64` (exact for both types).
     fn as_f64(self) -> f64;
+
+    /// `a · b` (see `gemm.rs` for which GEMM computes it).
+    fn matmul(
+        a: ndarray::ArrayView2<'_, Self>,
+        b: ndarray::ArrayView2<'_, Self>,
+    ) -> ndarray::Array2<Self> {
+        a.dot(&b)
+    }
 }
 
 impl Real for f32 {
@@ -47,6 +55,17 @@ impl Real for f32 {
     #[inline]
     fn as_f64(self) -> f64 {
         self as f64
+    }
+    fn matmul(
+        a: ndarray::ArrayView2<'_, f32>,
+        b: ndarray::ArrayView2<'_, f32>,
+    ) -> ndarray::Array2<f32> {
+        if crate::gemm::f32_uses_blas() {
+            if let Some(c) = crate::gemm::sgemm(a, b) {
+                return c;
+            }
+        }
+        a.dot(&b)
     }
 }
 

@@ -27,6 +27,16 @@ use ndarray::{Array2, ArrayView2};
 
 // --------------------------------------------------------------- the steps --
 
+/// What a step computed, nothing committed yet.
+struct Pass<F> {
+    report: StepReport<F>,
+    grads: MlpGrads<F>,
+    /// The running statistics to commit.
+    running: Running<F>,
+    /// `max |g|` of every present gradient (checked finite).
+    grad_mags: Vec<Option<f64>>,
+}
+
 /// `dL/dθ` of one forward pass, for the `dz = dL/dz` its embeddings got.
 fn grads_of<F: Real>(mlp: &Mlp<F>, fwd: &Forward<F>, dz: &Array2<F>) -> MlpGrads<F> {
     backward_pass(mlp, fwd, dz.view()).0
@@ -40,7 +50,7 @@ fn plain_pass<F: Real>(
     q: ArrayView2<'_, F>,
     loss: LossKind,
     tau: F,
-) -> Result<(StepReport<F>, MlpGrads<F>, Running<F>)> {
+) -> Result<Pass<F>> {
     let clean = Mode::Train(Branch::Clean);
     let fwd_p = mlp.forward_checked("P", p, clean)?;
     let fwd_q = mlp.forward_checked("Q", q, clean)?;
@@ -53,7 +63,7 @@ fn plain_pass<F: Real>(
     )?;
     let mut grads = grads_of(mlp, &fwd_p, &out.grad_z_p);
     grads.add_unchecked(&grads_of(mlp, &fwd_q, &out.grad_z_q));
-    check_grads(mlp, &grads, "P and Q")?;
+    let grad_mags = check_grads(mlp, &grads, "P and Q")?;
     let running = mlp.running_after([fwd_p.stats_of(), fwd_q.stats_of()], "P and Q")?;
     let report = StepReport {
         loss_clean: out.value,
@@ -61,7 +71,12 @@ fn plain_pass<F: Real>(
         total: out.value,
         q_adv: None,
     };
-    Ok((report, grads, running))
+    Ok(Pass {
+        report,
+        grads,
+        running,
+        grad_mags,
+    })
 }
 
 /// A CLAE step's losses and gradients, and the running statistics it would
@@ -71,7 +86,7 @@ fn clae_pass<F: Real>(
     p: ArrayView2<'_, F>,
     q: ArrayView2<'_, F>,
     cfg: &ClaeConfig,
-) -> Result<(StepReport<F>, MlpGrads<F>, Running<F>)> {
+) -> Result<Pass<F>> {
     let (loss, recipe) = (cfg.loss, cfg.recipe);
     let tau = check::tau::<F>(cfg.tau)?;
     let alpha = check::hyper::<F>("alpha", cfg.alpha, Domain::NonNegative)?;
@@ -152,7 +167,7 @@ fn clae_pass<F: Real>(
             precision: F::NAME.to_string(),
         });
     }
-    check_grads(mlp, &grads, "P, Q, Q_adv and alpha")?;
+    let grad_mags = check_grads(mlp, &grads, "P, Q, Q_adv and alpha")?;
     let running = mlp.running_after(
         passes.iter().map(|(m, s)| (*m, s.as_slice())),
         "P, Q and Q_adv",
@@ -163,7 +178,12 @@ fn clae_pass<F: Real>(
         total,
         q_adv: Some(q_adv),
     };
-    Ok((report, grads, running))
+    Ok(Pass {
+        report,
+        grads,
+        running,
+        grad_mags,
+    })
 }
 
 // ------------------------------------------------------------ the config --
@@ -262,9 +282,9 @@ pub fn plain_gradients<F: Real>(
     mlp.validate()?;
     let tau = check::tau::<F>(tau)?;
     check_views(mlp, p, q, None)?;
-    let (report, grads, running) = plain_pass(mlp, p, q, loss, tau)?;
-    mlp.commit_running(running);
-    Ok((report, grads))
+    let pass = plain_pass(mlp, p, q, loss, tau)?;
+    mlp.commit_running(pass.running);
+    Ok((pass.report, pass.grads))
 }
 
 /// Loss and parameter gradients of a CLAE step; updates running statistics
@@ -285,9 +305,9 @@ pub fn clae_gradients<F: Real>(
     mlp.validate()?;
     cfg.validate_for::<F>()?;
     check_views(mlp, p, q, Some(&cfg.adv))?;
-    let (report, grads, running) = clae_pass(mlp, p, q, cfg)?;
-    mlp.commit_running(running);
-    Ok((report, grads))
+    let pass = clae_pass(mlp, p, q, cfg)?;
+    mlp.commit_running(pass.running);
+    Ok((pass.report, pass.grads))
 }
 
 /// One plain contrastive step: [`plain_gradients`], then the optimizer.
@@ -301,15 +321,15 @@ pub fn plain_step<F: Real>(
     loss: LossKind,
     tau: f64,
 ) -> Result<StepReport<F>> {
-    mlp.validate()?;
+    let param_mags = mlp.parameter_magnitudes()?;
     opt.check_fits(mlp)?;
     let tau = check::tau::<F>(tau)?;
     check_views(mlp, p, q, None)?;
-    let (report, grads, running) = plain_pass(mlp, p, q, loss, tau)?;
-    // the optimizer checks its whole update before it moves anything
-    opt.step(mlp, &grads)?;
-    mlp.commit_running(running);
-    Ok(report)
+    let pass = plain_pass(mlp, p, q, loss, tau)?;
+    // the optimizer bounds its whole update before it moves anything
+    opt.step_measured(mlp, &pass.grads, &param_mags, &pass.grad_mags)?;
+    mlp.commit_running(pass.running);
+    Ok(pass.report)
 }
 
 /// One CLAE step: [`clae_gradients`], then the optimizer. On an error
@@ -339,12 +359,12 @@ pub fn clae_step<F: Real>(
     q: ArrayView2<'_, F>,
     cfg: &ClaeConfig,
 ) -> Result<StepReport<F>> {
-    mlp.validate()?;
+    let param_mags = mlp.parameter_magnitudes()?;
     opt.check_fits(mlp)?;
     cfg.validate_for::<F>()?;
     check_views(mlp, p, q, Some(&cfg.adv))?;
-    let (report, grads, running) = clae_pass(mlp, p, q, cfg)?;
-    opt.step(mlp, &grads)?;
-    mlp.commit_running(running);
-    Ok(report)
+    let pass = clae_pass(mlp, p, q, cfg)?;
+    opt.step_measured(mlp, &pass.grads, &param_mags, &pass.grad_mags)?;
+    mlp.commit_running(pass.running);
+    Ok(pass.report)
 }

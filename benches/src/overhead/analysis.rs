@@ -162,7 +162,14 @@ pub struct StepRow {
     pub authors_over_lean: Ratio,
     /// The implementation's GEMM peak (GFLOP/s), if measured.
     pub peak_gflops: Option<f64>,
+    /// Per step kind, this implementation's time over PyTorch eager's on
+    /// the same device in the same rounds (median and quartiles of the
+    /// per-round ratio); `None` without an eager member.
+    pub vs_eager: [Option<PairedRatio>; 3],
 }
+
+/// A per-round ratio: its median and, when the rounds pair up, quartiles.
+pub type PairedRatio = (f64, Option<(f64, f64)>);
 
 impl StepRow {
     /// Median seconds of a step kind.
@@ -219,7 +226,7 @@ fn kind_index(kind: StepKind) -> usize {
 /// let b = Stats::from_samples(vec![1.0, 2.0, 1.0], 1);
 /// assert_eq!(paired_ratio(&a, &b), (2.0, Some((2.0, 2.0))));
 /// ```
-pub fn paired_ratio(a: &Stats, b: &Stats) -> (f64, Option<(f64, f64)>) {
+pub fn paired_ratio(a: &Stats, b: &Stats) -> PairedRatio {
     if a.samples.len() != b.samples.len() || a.samples.is_empty() {
         return (a.median / b.median, None);
     }
@@ -256,6 +263,10 @@ pub fn step_rows(run: &RunResult) -> Vec<StepRow> {
         };
         let mut imps: Vec<Impl> = g.members.iter().map(|m| m.member.imp).collect();
         imps.dedup();
+        let eager_of = |imp: Impl| match imp.backend {
+            Backend::TchCuda | Backend::EagerCuda => Impl::EAGER_CUDA_F32,
+            _ => Impl::EAGER_CPU_F32,
+        };
         let enc = config.encoder_flops();
         let (m_lean, m_auth, m_al) = model_ratios(&enc, config.loss, config.optimizer());
         let s_lean = StepKind::Lean.spec_ratio(config.loss);
@@ -266,6 +277,17 @@ pub fn step_rows(run: &RunResult) -> Vec<StepRow> {
                     .cloned()
             });
             let st = |i: usize| steps[i].as_ref().and_then(|m| m.stats());
+            let eager = StepKind::ALL.map(|k| {
+                g.find(
+                    eager_of(imp),
+                    |t| matches!(t, Task::Step { kind, .. } if *kind == k),
+                )
+                .and_then(|m| m.stats().cloned())
+            });
+            let vs_eager: [Option<PairedRatio>; 3] = std::array::from_fn(|i| {
+                let (a, b) = (st(i)?, eager[i].as_ref()?);
+                Some(paired_ratio(a, b))
+            });
             let (lp, lp_s) = ratio(st(1), st(0));
             let (ap, ap_s) = ratio(st(2), st(0));
             let (al, al_s) = ratio(st(2), st(1));
@@ -292,6 +314,7 @@ pub fn step_rows(run: &RunResult) -> Vec<StepRow> {
                     spec: s_auth / s_lean,
                 },
                 peak_gflops: peak_for(&peaks, imp),
+                vs_eager,
                 steps,
             });
         }
@@ -399,206 +422,204 @@ pub struct TargetCheck {
     pub reason: String,
 }
 
-/// Target 1's text.
-pub const T_LEAN_MODEL: &str = "lean overhead within 10% of its FLOP model (large MLP)";
-/// Target 2's text.
-pub const T_AUTHORS_SLOWER: &str =
-    "authors' recipe measurably slower than lean (every configuration)";
-/// Target 3's text.
-pub const T_REF_VS_TCH_STEP: &str = "reference f32 step within 1.25x of tch CPU f32 (large MLP)";
-/// Target 4's text.
-pub const T_REF_VS_TCH_LOSS: &str = "reference loss+grad at least as fast as tch CPU (N >= 256)";
+/// Target 1 (issue 10).
+pub const T_TCH_VS_EAGER: &str =
+    "tch CPU f32 step time / PyTorch eager <= 1.00 (medium and large MLP, ResNet-18 at N 8)";
+/// Target 2.
+pub const T_REF_VS_EAGER: &str =
+    "reference f32 step time / PyTorch eager <= 1.00 (medium and large MLP)";
+/// Target 3.
+pub const T_PEAK: &str = "plain step on the large MLP at >= 80% of the GEMM peak";
+/// Target 4.
+pub const T_REF_VS_TCH_LOSS: &str = "reference loss + gradients <= 1.00x tch CPU (N 256 and 1024)";
+/// Target 5.
+pub const T_LEAN_MODEL: &str = "tch lean/plain within 10% of the FLOP model (medium and large MLP)";
 
 fn ms(s: f64) -> String {
     format!("{:.2} ms", s * 1e3)
 }
 
-/// Checks the issue's four targets on a run.
+/// `x ≤ limit` as a target check on `scope`, with the measured text and,
+/// when missed, `why`.
+fn check(
+    target: &'static str,
+    scope: String,
+    measured: String,
+    met: bool,
+    why: impl FnOnce() -> String,
+) -> TargetCheck {
+    TargetCheck {
+        target,
+        scope,
+        measured,
+        status: if met { Status::Met } else { Status::Missed },
+        reason: if met { String::new() } else { why() },
+    }
+}
+
+/// Checks issue 10's targets on a run. Every ratio is per round, between
+/// members timed side by side.
 pub fn check_targets(run: &RunResult) -> Vec<TargetCheck> {
     let rows = step_rows(run);
     let mut out = Vec::new();
-    let profile = run.profile.as_ref();
+    let cpu = |r: &&StepRow| !matches!(r.imp.backend, Backend::TchCuda | Backend::EagerCuda);
 
-    // 1. Lean within 10% of the model on the large MLP.
-    let large: Vec<&StepRow> = rows
-        .iter()
-        .filter(|r| r.config.size == "large" && r.imp.backend != Backend::TchCuda)
-        .collect();
-    if large.is_empty() {
-        out.push(not_measured(
-            T_LEAN_MODEL,
-            "large MLP",
-            "no large-MLP step group in this run",
-        ));
-    }
-    for r in &large {
-        let scope = format!("{} loss, {}", r.config.loss, r.imp);
-        let Some(meas) = r.lean_over_plain.measured else {
-            out.push(not_measured(T_LEAN_MODEL, &scope, &missing_reason(r)));
-            continue;
-        };
-        let model = r.lean_over_plain.model;
-        let off = meas / model - 1.0;
-        let measured = format!(
-            "lean/plain {meas:.3} vs model {model:.3} ({:+.1}%; limit ±10%)",
-            off * 100.0
-        );
-        let (status, reason) = if off.abs() <= 0.10 {
-            (Status::Met, String::new())
-        } else {
-            (Status::Missed, lean_reason(r, off, profile))
-        };
-        out.push(TargetCheck {
-            target: T_LEAN_MODEL,
-            scope,
-            measured,
-            status,
-            reason,
-        });
-    }
-
-    // 2. Authors slower than lean in at least three rounds of four: the
-    //    first quartile of the per-round ratio authors/lean is above 1.
-    for r in &rows {
-        let scope = format!("{} ({}), {}", r.config.model, r.config.n, r.imp);
-        let scope = format!("{scope}, {} loss", r.config.loss);
-        let (Some(lean), Some(auth)) = (r.stats(StepKind::Lean), r.stats(StepKind::Authors)) else {
-            out.push(not_measured(T_AUTHORS_SLOWER, &scope, &missing_reason(r)));
-            continue;
-        };
-        let (med, spread) = paired_ratio(auth, lean);
-        let (q1, q3) = spread.unwrap_or((auth.q1 / lean.q3, auth.q3 / lean.q1));
-        let measured = format!(
-            "authors/lean {med:.3} per round, quartiles {q1:.3}–{q3:.3} (model {:.3}); medians {} vs {}",
-            r.authors_over_lean.model,
-            ms(auth.median),
-            ms(lean.median)
-        );
-        let (status, reason) = if q1 > 1.0 {
-            (Status::Met, String::new())
-        } else {
-            (
-                Status::Missed,
-                format!(
-                    "in more than a quarter of the rounds the authors' step was not slower than the lean one (lean {}–{}, authors {}–{} over rounds): timing noise exceeds the difference at this size",
-                    ms(lean.q1),
-                    ms(lean.q3),
-                    ms(auth.q1),
-                    ms(auth.q3)
-                ),
-            )
-        };
-        out.push(TargetCheck {
-            target: T_AUTHORS_SLOWER,
-            scope,
-            measured,
-            status,
-            reason,
-        });
+    // 1 and 2: against PyTorch eager, every step kind.
+    for (target, imp, sizes) in [
+        (
+            T_TCH_VS_EAGER,
+            Impl::TCH_CPU_F32,
+            &["medium", "large", "resnet18"][..],
+        ),
+        (T_REF_VS_EAGER, Impl::REF_F32, &["medium", "large"][..]),
+    ] {
+        let mut any = false;
+        for r in rows
+            .iter()
+            .filter(cpu)
+            .filter(|r| r.imp == imp && sizes.contains(&r.config.size))
+        {
+            if r.config.size == "resnet18" && r.config.n != 8 {
+                continue;
+            }
+            for (i, kind) in StepKind::ALL.into_iter().enumerate() {
+                let scope = format!("{}, {} step", r.config, kind);
+                let Some((x, spread)) = r.vs_eager[i] else {
+                    out.push(not_measured(
+                        target,
+                        &scope,
+                        "no PyTorch eager member measured beside it",
+                    ));
+                    continue;
+                };
+                any = true;
+                let (t, e) = (
+                    r.median(kind).unwrap_or(f64::NAN),
+                    r.median(kind).unwrap_or(f64::NAN) / x,
+                );
+                let q = spread.map_or(String::new(), |(a, b)| format!(", quartiles {a:.2}–{b:.2}"));
+                out.push(check(
+                    target,
+                    scope,
+                    format!(
+                        "{x:.3}x per round{q}: {} vs PyTorch {} (limit 1.00)",
+                        ms(t),
+                        ms(e)
+                    ),
+                    x <= 1.0,
+                    || {
+                        format!(
+                            "{} per step slower than PyTorch eager on the same libtorch",
+                            ms(t - e)
+                        )
+                    },
+                ));
+            }
+        }
+        if !any {
+            out.push(not_measured(
+                target,
+                "all",
+                "no step group with this implementation and PyTorch eager",
+            ));
+        }
     }
 
-    // 3. Reference f32 within 1.25x of tch CPU f32 on the large MLP.
+    // 3: the large MLP's plain step against the implementation's own GEMM peak.
     let mut any3 = false;
-    for g in &run.groups {
-        let GroupKind::Step(config) = g.group.kind else {
+    for r in rows.iter().filter(cpu).filter(|r| {
+        r.config.size == "large" && (r.imp == Impl::REF_F32 || r.imp == Impl::TCH_CPU_F32)
+    }) {
+        let scope = format!("{}, {}", r.config, r.imp);
+        let Some(f) = r.peak_fraction(StepKind::Plain) else {
+            out.push(not_measured(
+                T_PEAK,
+                &scope,
+                "no GEMM peak or plain step measured",
+            ));
             continue;
         };
-        if config.size != "large" {
-            continue;
-        }
-        for kind in StepKind::ALL {
-            let is_kind = |t: &Task| matches!(t, Task::Step { kind: k, .. } if *k == kind);
-            let (Some(r), Some(t)) = (
-                g.find(Impl::REF_F32, is_kind),
-                g.find(Impl::TCH_CPU_F32, is_kind),
-            ) else {
-                continue;
-            };
-            any3 = true;
-            let scope = format!("{} loss, {} step", config.loss, kind);
-            let (Some(rs), Some(ts)) = (r.stats(), t.stats()) else {
-                let why = [r, t]
-                    .iter()
-                    .filter_map(|m| match &m.outcome {
-                        Outcome::Skipped(w) | Outcome::Failed(w) => {
-                            Some(format!("{}: {w}", m.member.imp))
-                        }
-                        Outcome::Measured(_) => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                out.push(not_measured(T_REF_VS_TCH_STEP, &scope, &why));
-                continue;
-            };
-            let (rm, tm) = (rs.median, ts.median);
-            let x = paired_ratio(rs, ts).0;
-            let measured = format!(
-                "reference {} vs tch {}: {x:.2}x per round (limit 1.25x)",
-                ms(rm),
-                ms(tm)
-            );
-            let (status, reason) = if x <= 1.25 {
-                (Status::Met, String::new())
-            } else {
-                (Status::Missed, ref_step_reason(rm, tm, kind, profile))
-            };
-            out.push(TargetCheck {
-                target: T_REF_VS_TCH_STEP,
-                scope,
-                measured,
-                status,
-                reason,
-            });
-        }
+        any3 = true;
+        let gf = r.gflops(StepKind::Plain).unwrap_or(f64::NAN);
+        let peak = r.peak_gflops.unwrap_or(f64::NAN);
+        out.push(check(
+            T_PEAK,
+            scope,
+            format!("{gf:.1} GFLOP/s of a {peak:.1} GFLOP/s GEMM peak = {:.0}% (limit 80%)", f * 100.0),
+            f >= 0.8,
+            || {
+                let t = r.median(StepKind::Plain).unwrap_or(f64::NAN);
+                let at_peak = r.steps[0].as_ref().map_or(f64::NAN, |m| m.flops as f64 / (peak * 1e9));
+                format!("at the peak its FLOPs take {}; the other {} of the {} step is below-peak work (smaller products, elementwise passes, the optimizer)", ms(at_peak), ms(t - at_peak), ms(t))
+            },
+        ));
     }
     if !any3 {
         out.push(not_measured(
-            T_REF_VS_TCH_STEP,
+            T_PEAK,
             "large MLP",
-            "no large-MLP group with both reference f32 and tch CPU f32 in this run",
+            "no large-MLP group with a GEMM peak in this run",
         ));
     }
 
-    // 4. Reference loss at least as fast as tch CPU for N >= 256.
+    // 4: reference loss + gradients against tch at N 256 and 1024.
     let mut any4 = false;
-    for row in loss_rows(run).iter().filter(|r| r.n >= 256) {
+    for row in loss_rows(run).iter().filter(|r| r.n == 256 || r.n == 1024) {
         let scope = format!("{} loss, N {}", row.kind, row.n);
         let (Some(rs), Some(ts)) = (row.stats(Impl::REF_F32), row.stats(Impl::TCH_CPU_F32)) else {
-            if row.results.iter().any(|x| x.0 == Impl::TCH_CPU_F32) {
-                any4 = true;
-                out.push(not_measured(
-                    T_REF_VS_TCH_LOSS,
-                    &scope,
-                    "a member was skipped or failed",
-                ));
-            }
             continue;
         };
         any4 = true;
         let x = paired_ratio(rs, ts).0;
-        let measured = format!(
-            "reference f32 {} vs tch {}: {x:.2}x per round (limit 1.00x)",
-            ms(rs.median),
-            ms(ts.median),
-        );
-        let (status, reason) = if x <= 1.0 {
-            (Status::Met, String::new())
-        } else {
-            (Status::Missed, loss_reason(row.kind, row.n, profile))
-        };
-        out.push(TargetCheck {
-            target: T_REF_VS_TCH_LOSS,
+        out.push(check(
+            T_REF_VS_TCH_LOSS,
             scope,
-            measured,
-            status,
-            reason,
-        });
+            format!(
+                "reference f32 {} vs tch {}: {x:.2}x per round (limit 1.00)",
+                ms(rs.median),
+                ms(ts.median)
+            ),
+            x <= 1.0,
+            || format!("{} slower per evaluation", ms(rs.median - ts.median)),
+        ));
     }
     if !any4 {
         out.push(not_measured(
             T_REF_VS_TCH_LOSS,
-            "N >= 256",
-            "no loss group with N >= 256 and both reference f32 and tch CPU f32 in this run",
+            "N 256, 1024",
+            "no such loss group with both implementations in this run",
+        ));
+    }
+
+    // 5: tch lean/plain against the FLOP model.
+    let mut any5 = false;
+    for r in rows.iter().filter(|r| {
+        r.imp == Impl::TCH_CPU_F32 && (r.config.size == "medium" || r.config.size == "large")
+    }) {
+        let scope = format!("{}", r.config);
+        let Some(meas) = r.lean_over_plain.measured else {
+            out.push(not_measured(T_LEAN_MODEL, &scope, &missing_reason(r)));
+            continue;
+        };
+        any5 = true;
+        let model = r.lean_over_plain.model;
+        let off = meas / model - 1.0;
+        out.push(check(
+            T_LEAN_MODEL,
+            scope,
+            format!(
+                "lean/plain {meas:.3} vs model {model:.3} ({:+.1}%; limit ±10%)",
+                off * 100.0
+            ),
+            off.abs() <= 0.10,
+            || lean_reason(r, off),
+        ));
+    }
+    if !any5 {
+        out.push(not_measured(
+            T_LEAN_MODEL,
+            "medium and large MLP",
+            "no such tch group in this run",
         ));
     }
     out
@@ -627,133 +648,15 @@ fn missing_reason(r: &StepRow) -> String {
         .join("; ")
 }
 
-fn lean_reason(r: &StepRow, off: f64, profile: Option<&Profile>) -> String {
+fn lean_reason(r: &StepRow, off: f64) -> String {
     let plain_gf = r.gflops(StepKind::Plain).unwrap_or(f64::NAN);
     let extra_gf = r.marginal_gflops(StepKind::Lean).unwrap_or(f64::NAN);
-    let mut s = format!(
-        "the plain step runs at {plain_gf:.1} GFLOP/s, the lean recipe's extra passes at {extra_gf:.1} GFLOP/s; "
-    );
-    if off < 0.0 {
-        // If the extra passes' rate held for the whole plain step, its FLOPs
-        // would take this long; the rest is time that does not scale with passes.
-        let fixed = r
-            .median(StepKind::Plain)
-            .zip(r.steps[0].as_ref())
-            .map(|(t, m)| t - m.flops as f64 / (extra_gf * 1e9));
-        if let (Some(fixed), Some(t)) = (fixed, r.median(StepKind::Plain)) {
-            s.push_str(&format!(
-                "at the extra passes' rate the plain step's FLOPs would take {}, so about {} ({:.0}%) of it is per-step work that does not grow with the number of passes (optimizer update, parameter and gradient checks, gradient bookkeeping, loss); it counts once in both steps and pulls the measured ratio below the FLOP model, which counts FLOPs only",
-                ms(t - fixed),
-                ms(fixed),
-                100.0 * fixed / t
-            ));
-        } else {
-            s.push_str("per-step work that does not grow with the number of passes (optimizer update, checks, bookkeeping) pulls the measured ratio below the FLOP model");
-        }
-        if let (Some(p), Backend::Reference) = (profile, r.imp.backend) {
-            let fixed: f64 = [
-                "parameter check",
-                "gradient accumulation",
-                "optimizer",
-                "running",
-            ]
-            .iter()
-            .filter_map(|n| p.piece(n))
-            .map(|x| x.seconds * x.per_plain_step)
-            .sum();
-            s.push_str(&format!(
-                " (the profile finds {} of such pieces in a {} reference plain step)",
-                ms(fixed),
-                ms(p.plain_step_s)
-            ));
-        }
+    let direction = if off < 0.0 {
+        "per-step work that does not grow with the passes (optimizer, checks) counts once in both steps and pulls the ratio below the model, which counts FLOPs only"
     } else {
-        s.push_str("the adversarial passes achieve fewer FLOP/s than the plain step's passes (the input-only backward and the extra forwards are more memory-bound than the weight-gradient products)");
-    }
-    s
-}
-
-fn ref_step_reason(rm: f64, tm: f64, kind: StepKind, profile: Option<&Profile>) -> String {
-    let Some(p) = profile else {
-        return format!(
-            "the reference {kind} step takes {:.2}x libtorch's; run with the profile to see where",
-            rm / tm
-        );
+        "the adversarial passes run below the plain step's rate"
     };
-    let gemm = p.gemm_per_step();
-    let other = p.non_gemm_per_step();
-    let mut s = format!(
-        "profile of the reference plain step ({}): matrix products {} ({:.0}%), everything else {} ({:.0}%)",
-        ms(p.plain_step_s),
-        ms(gemm),
-        100.0 * gemm / p.plain_step_s,
-        ms(other),
-        100.0 * other / p.plain_step_s
-    );
-    if let Some(tg) = p.tch_gemm_per_step() {
-        s.push_str(&format!(
-            "; libtorch computes the same products in {} ({:.2}x faster)",
-            ms(tg),
-            gemm / tg
-        ));
-    }
-    let mut worst: Vec<&crate::overhead::profile::Piece> = p
-        .pieces
-        .iter()
-        .filter(|x| {
-            x.name.starts_with("gradient")
-                || x.name.starts_with("optimizer")
-                || x.name.starts_with("parameter")
-        })
-        .collect();
-    worst.sort_by(|a, b| (b.seconds * b.per_plain_step).total_cmp(&(a.seconds * a.per_plain_step)));
-    if let Some(w) = worst.first() {
-        s.push_str(&format!(
-            "; the largest bookkeeping piece is {} at {} per step",
-            w.name,
-            ms(w.seconds * w.per_plain_step)
-        ));
-    }
-    let fwd = p.piece("forward").map(|x| x.seconds).unwrap_or(f64::NAN);
-    let bw = p.piece("backward").map(|x| x.seconds).unwrap_or(f64::NAN);
-    s.push_str(&format!(
-        "; elementwise work inside the passes: forward {} of {}, backward {} of {} (single-threaded ndarray)",
-        ms(fwd - p.ref_gemm_forward_s),
-        ms(fwd),
-        ms(bw - p.ref_gemm_backward_s),
-        ms(bw)
-    ));
-    s.push_str("; avoidable work in reference/src: `Optimizer::step` (optim/mod.rs) clones every gradient and, for SGD, the momentum buffer, and runs `Mlp::validate` a second time per step; `MlpGrads::accumulate` (encoder/grads.rs) clones the first pass's gradients instead of taking them; `Mlp::backward_unchecked` clones head.0's weight gradient; `batchnorm_backward` (layers/batchnorm.rs) walks row-major arrays column by column");
-    s
-}
-
-/// What the reference's loss code does beyond its matrix products, per
-/// loss (read from `reference/src/loss/`; only shown when the loss target is
-/// missed).
-fn loss_code_notes(kind: LossKind) -> &'static str {
-    match kind {
-        LossKind::Plain => "plain.rs: `z_p.dot(&z_q.t()) / tau` allocates a second N x N matrix for the division; `softmax_rows` copies S and computes exp twice per entry (in `logsumexp` and again in `mapv_inplace`), single-threaded",
-        LossKind::SimClr => "simclr.rs: per row `logsumexp` (one exp per entry) and then `(row[b] - lse).exp()` again (a second), scalar and bounds-checked `g[[a, b]]` indexing, and `&g + &g.t()` builds a third 2N x 2N matrix through a transposed (strided) read, all single-threaded",
-        LossKind::Uel => "uel.rs: exp three times per entry (`logsumexp`, the p loop, the derivative loop) plus `ln_1p`, scalar, single-threaded",
-    }
-}
-
-fn loss_reason(kind: LossKind, n: usize, profile: Option<&Profile>) -> String {
-    let piece = profile.and_then(|p| p.losses.iter().find(|l| l.kind == kind && l.n == n));
-    let notes = loss_code_notes(kind);
-    match piece {
-        Some(l) => format!(
-            "of the reference's {}, its matrix products take {} ({:.0}%); the rest is elementwise work over the {} logits that libtorch vectorises and spreads over its threads — {notes}",
-            ms(l.total_s),
-            ms(l.gemm_s),
-            100.0 * l.gemm_s / l.total_s,
-            match kind {
-                LossKind::Plain => format!("{n}x{n}"),
-                _ => format!("{0}x{0}", 2 * n),
-            },
-        ),
-        None => format!("run with the profile to see the split; {notes}"),
-    }
+    format!("plain step {plain_gf:.1} GFLOP/s, the lean recipe's extra passes {extra_gf:.1} GFLOP/s: {direction}")
 }
 
 /// The FLOP model of a step configuration, for the report's model table:

@@ -35,6 +35,20 @@ pub struct Machine {
     pub load_after: String,
 }
 
+/// Threads of the global rayon pool the reference's elementwise work uses,
+/// as rayon sizes it: `RAYON_NUM_THREADS`, else the logical CPUs.
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
 impl Machine {
     /// Collects everything from this process and machine. `cuda` describes
     /// the CUDA situation (the caller knows whether it looked).
@@ -51,12 +65,16 @@ impl Machine {
         let logical_cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let reference_threads = match std::env::var("MATMUL_NUM_THREADS") {
-            Ok(v) => format!("{v} (MATMUL_NUM_THREADS); elementwise work single-threaded"),
-            Err(_) => format!(
-                "matrixmultiply default (physical cores, at most 4; {logical_cpus} logical CPUs here); elementwise work single-threaded"
-            ),
+        let matmul = match std::env::var("MATMUL_NUM_THREADS") {
+            Ok(v) => format!("{v} threads (MATMUL_NUM_THREADS)"),
+            Err(_) => "its default threads (physical cores, at most 4)".into(),
         };
+        let reference_threads = format!(
+            "f64 products: matrixmultiply, {matmul}; f32 products: {} (OPENBLAS_THREAD_TIMEOUT {}); elementwise work: rayon, {} threads ({logical_cpus} logical CPUs)",
+            clae_reference::gemm::f32_backend(),
+            std::env::var("OPENBLAS_THREAD_TIMEOUT").unwrap_or_else(|_| "unset: OpenBLAS spins 2^28 cycles after each product".into()),
+            rayon_threads(),
+        );
         let libtorch = libtorch_version();
         Machine {
             cpu_model,

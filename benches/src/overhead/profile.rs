@@ -4,7 +4,7 @@
 //! same calls `plain_step` makes): the parameter check, a forward pass, the
 //! loss, a backward pass into the parameters, the gradient accumulation and
 //! the optimizer update — and, inside the passes, the matrix products alone
-//! (made with the same shapes, operand layouts and `ndarray` calls as the
+//! (made with the same shapes, operand layouts and `Real::matmul` calls as the
 //! reference's `linear_forward` / `linear_backward`). A pass minus its
 //! products is its elementwise work and bookkeeping (BatchNorm, ReLU, bias,
 //! normalisation, copies). The same products are also timed in libtorch,
@@ -23,6 +23,7 @@ use crate::overhead::{BenchError, Result};
 use clae_reference::encoder::{Branch, Mlp, MlpGrads, Mode};
 use clae_reference::loss::{loss_forward_backward, LossKind};
 use clae_reference::optim::{Optimizer, OptimizerConfig};
+use clae_reference::real::Real;
 use clae_reference::step::plain_step;
 use ndarray::Array2;
 use std::hint::black_box;
@@ -172,9 +173,9 @@ impl Operands {
 
     fn run_reference(&self) {
         let c = match self.product {
-            Product::XWt { .. } => self.a.dot(&self.b.t()),
-            Product::DyW { .. } => self.a.dot(&self.b),
-            Product::DytX { .. } => self.a.t().dot(&self.b),
+            Product::XWt { .. } => f32::matmul(self.a.view(), self.b.t()),
+            Product::DyW { .. } => f32::matmul(self.a.view(), self.b.view()),
+            Product::DytX { .. } => f32::matmul(self.a.t(), self.b.view()),
         };
         black_box(c);
     }
@@ -420,9 +421,9 @@ fn profile_losses(
                 let (a, o) = time(|| loss_forward_backward(kind, z_p.view(), z_q.view(), tau));
                 black_box(o.map_err(BenchError::from)?);
                 let (b, _) = time(|| {
-                    black_box(x.dot(&x.t()));
+                    black_box(f32::matmul(x.view(), x.t()));
                     for _ in 0..grad_products {
-                        black_box(g.dot(&x));
+                        black_box(f32::matmul(g.view(), x.view()));
                     }
                 });
                 if r > 0 {

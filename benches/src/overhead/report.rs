@@ -91,6 +91,25 @@ fn ratio_cell_spread(r: &Ratio) -> String {
     }
 }
 
+/// `1.02, 0.98, 1.01`: each step kind's per-round time over PyTorch
+/// eager's (`—` where there is none; `1` for PyTorch itself).
+fn vs_eager_cell(r: &StepRow) -> String {
+    if matches!(
+        r.imp.backend,
+        crate::overhead::Backend::EagerCpu | crate::overhead::Backend::EagerCuda
+    ) {
+        return "1".into();
+    }
+    if r.vs_eager.iter().all(Option::is_none) {
+        return "—".into();
+    }
+    r.vs_eager
+        .iter()
+        .map(|x| opt(x.map(|(m, _)| m), |m| format!("{m:.2}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn short_config(r: &StepRow) -> String {
     format!("{} N{} {}", r.config.size, r.config.n, r.config.loss)
 }
@@ -104,18 +123,19 @@ pub fn summary_markdown(run: &RunResult) -> String {
         "Measured {} on {} ({} threads for libtorch), plan `{}`. Ratios: median over interleaved rounds of the per-round ratio; the exact FLOP model's ratio in parentheses.\n",
         run.machine.date, run.machine.cpu_model, run.machine.torch_threads, run.plan_name
     );
-    s.push_str("| configuration | implementation | plain step | lean / plain | authors / plain | authors / lean | plain step, % of GEMM peak |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("| configuration | implementation | plain step | lean / plain | authors / plain | authors / lean | vs PyTorch eager: plain, lean, authors | plain step, % of GEMM peak |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
     for r in step_rows(run) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.config,
             r.imp,
             opt(r.median(StepKind::Plain), ms),
             ratio_cell(&r.lean_over_plain),
             ratio_cell(&r.authors_over_plain),
             ratio_cell(&r.authors_over_lean),
+            vs_eager_cell(&r),
             opt(r.peak_fraction(StepKind::Plain), |f| format!(
                 "{:.0}%",
                 f * 100.0
@@ -221,7 +241,11 @@ pub fn markdown(run: &RunResult) -> String {
     s.push_str("\n![measured and modelled overhead ratios](ratios.svg)\n");
 
     s.push_str("\n## Achieved GFLOP/s as a fraction of the GEMM peak\n\n");
-    s.push_str("GEMM peak: one square product, the fastest sample of the GEMM group, per implementation (the reference's is `ndarray::dot` on matrixmultiply, the path its linear layers take).\n\n| implementation | size | GFLOP/s |\n|---|---:|---:|\n");
+    let _ = write!(
+        s,
+        "GEMM peak: one square product, the fastest sample of the GEMM group, per implementation (the reference's is `Real::matmul`, the path its linear layers take: {} for f32, matrixmultiply for f64).\n\n| implementation | size | GFLOP/s |\n|---|---:|---:|\n",
+        clae_reference::gemm::f32_backend()
+    );
     let peaks = gemm_peaks(run);
     for (imp, size, gf) in &peaks {
         let _ = writeln!(s, "| {imp} | {size} | {gf:.1} |");

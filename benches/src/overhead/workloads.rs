@@ -156,7 +156,8 @@ impl<F: Real> Workload for RefLoss<F> {
     }
 }
 
-/// The reference's GEMM path: `ndarray`'s `dot` (matrixmultiply, threaded),
+/// The reference's GEMM path, [`Real::matmul`] (see `clae_reference::gemm`:
+/// OpenBLAS `sgemm` for `f32` on AVX-512 CPUs, matrixmultiply otherwise),
 /// called as the reference's `linear_forward` calls it (`x · Wᵀ`).
 pub struct RefGemm<F: Real> {
     a: Array2<F>,
@@ -176,7 +177,7 @@ impl<F: Real> RefGemm<F> {
 
 impl<F: Real> Workload for RefGemm<F> {
     fn run(&mut self) -> Result<()> {
-        black_box(self.a.dot(&self.b.t()));
+        black_box(F::matmul(self.a.view(), self.b.t()));
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! * after an error, the encoder, its running statistics and the optimizer
 //!   bit-identical to before, and a normal batch then trains;
 //! * the reference and libtorch in the same precision agree: both succeed,
-//!   or both fail with the same [`ErrorKind`] (an `Overflow` on one side
+//!   or both fail with the same [`ErrorKind`](clae_reference::error::ErrorKind) (an `Overflow` on one side
 //!   against success on the other is allowed, and counted: where an overflow
 //!   starts depends on rounding — docs/SPEC.md §7.1).
 //!

@@ -100,7 +100,7 @@ fn add_into<F: Real, D: Dimension>(
     b: &Option<ndarray::Array<F, D>>,
 ) {
     match (a.as_mut(), b) {
-        (Some(a), Some(b)) => *a += b,
+        (Some(a), Some(b)) => ndarray::Zip::from(a).and(b).par_for_each(|a, &b| *a += b),
         (None, Some(b)) => *a = Some(b.clone()),
         (_, None) => {}
     }

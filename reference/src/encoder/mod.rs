@@ -509,14 +509,25 @@ impl<F: Real> Mlp<F> {
     /// config implies, that every parameter and buffer is finite, and that
     /// every running variance is `>= 0`.
     pub fn validate(&self) -> Result<()> {
+        self.parameter_magnitudes().map(|_| ())
+    }
+
+    /// [`Mlp::validate`], returning `max |p|` of every parameter (in
+    /// [`Mlp::parameter_names`] order): one pass over every tensor checks it
+    /// and measures what the optimizer's overflow guard needs.
+    pub(crate) fn parameter_magnitudes(&self) -> Result<Vec<f64>> {
         self.validate_shapes()?;
-        for ((name, _, _), view) in self.layout().iter().zip(self.views()) {
-            check::finite(name, view.view())?;
+        let mut mags = Vec::new();
+        for ((name, role, _), view) in self.layout().iter().zip(self.views()) {
+            let m = check::max_abs(name, view.view())?;
             if name.ends_with("running_var") {
                 check::non_negative_entries(name, view)?;
             }
+            if *role == crate::state::Role::Parameter {
+                mags.push(m);
+            }
         }
-        Ok(())
+        Ok(mags)
     }
 
     /// Validated forward pass with no side effects. `x: N x D_in` →
@@ -828,18 +839,26 @@ pub(crate) fn check_finite_result<F: Real, D: ndarray::Dimension>(
     }
 }
 
-/// [`ClaeError::Overflow`] unless every gradient is finite.
-pub(crate) fn check_grads<F: Real>(mlp: &Mlp<F>, grads: &MlpGrads<F>, cause: &str) -> Result<()> {
-    for (name, g) in mlp.parameter_names().iter().zip(grads.tensors()) {
-        if let Some(g) = g {
-            if !g.iter().all(|v| v.is_finite()) {
-                return Err(ClaeError::Overflow {
-                    cause: cause.to_string(),
-                    quantity: format!("the gradient of {name}"),
-                    precision: F::NAME.to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
+/// `max |g|` of every present gradient, or [`ClaeError::Overflow`] (blaming
+/// `cause`) at the first that is not finite: one pass over the gradients.
+pub(crate) fn check_grads<F: Real>(
+    mlp: &Mlp<F>,
+    grads: &MlpGrads<F>,
+    cause: &str,
+) -> Result<Vec<Option<f64>>> {
+    let overflow = |name: &str| ClaeError::Overflow {
+        cause: cause.to_string(),
+        quantity: format!("the gradient of {name}"),
+        precision: F::NAME.to_string(),
+    };
+    mlp.parameter_names()
+        .iter()
+        .zip(grads.tensors())
+        .map(|(name, g)| match g {
+            None => Ok(None),
+            Some(g) => check::max_abs(name, g)
+                .map(Some)
+                .map_err(|_| overflow(name)),
+        })
+        .collect()
 }

@@ -110,7 +110,7 @@ pub(crate) fn batchnorm_backward<F: Real>(
             .and(&scale)
             .and(&dbeta)
             .and(&dgamma)
-            .for_each(|mut dx, g, xh, &s, &db, &dg| {
+            .par_for_each(|mut dx, g, xh, &s, &db, &dg| {
                 Zip::from(&mut dx)
                     .and(&g)
                     .and(&xh)

@@ -2,6 +2,7 @@
 
 use crate::check;
 use crate::error::Result;
+use crate::gemm::matmul;
 use crate::real::Real;
 use crate::rng::Rng;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
@@ -14,7 +15,7 @@ pub(crate) fn linear_forward<F: Real>(
     w: ArrayView2<'_, F>,
     b: ArrayView1<'_, F>,
 ) -> Array2<F> {
-    let mut y = x.dot(&w.t());
+    let mut y = matmul(x, w.t());
     y += &b;
     y
 }
@@ -26,7 +27,7 @@ pub(crate) fn linear_backward_input<F: Real>(
     w: ArrayView2<'_, F>,
     dy: ArrayView2<'_, F>,
 ) -> Array2<F> {
-    dy.dot(&w)
+    matmul(dy, w)
 }
 
 /// Backward of [`linear_forward`] to its parameters:
@@ -37,7 +38,7 @@ pub(crate) fn linear_backward_params<F: Real>(
     x: ArrayView2<'_, F>,
     dy: ArrayView2<'_, F>,
 ) -> (Array2<F>, Array1<F>) {
-    (dy.t().dot(&x), dy.sum_axis(Axis(0)))
+    (matmul(dy.t(), x), dy.sum_axis(Axis(0)))
 }
 
 /// A linear layer's parameters.

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2, Zip};
 /// `y = max(x, 0)`; a NaN stays NaN, as in PyTorch (so a non-finite value
 /// is never hidden). Shapes: `x: N x h` → `y: N x h`.
 pub(crate) fn relu_forward<F: Real>(x: ArrayView2<'_, F>) -> Array2<F> {
-    x.mapv(|v| if v <= F::zero() { F::zero() } else { v })
+    Zip::from(&x).par_map_collect(|&v| if v <= F::zero() { F::zero() } else { v })
 }
 
 /// `dx = dy ⊙ [y > 0]`, written with the *output* `y` as PyTorch's
@@ -15,7 +15,7 @@ pub(crate) fn relu_forward<F: Real>(x: ArrayView2<'_, F>) -> Array2<F> {
 pub(crate) fn relu_backward<F: Real>(y: ArrayView2<'_, F>, dy: ArrayView2<'_, F>) -> Array2<F> {
     Zip::from(&y)
         .and(&dy)
-        .map_collect(|&y, &g| if y > F::zero() { g } else { F::zero() })
+        .par_map_collect(|&y, &g| if y > F::zero() { g } else { F::zero() })
 }
 
 #[cfg(test)]

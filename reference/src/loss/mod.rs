@@ -242,11 +242,14 @@ pub(crate) fn softmax_complement<F: Real>(p: ArrayView1<'_, F>, t: usize) -> F {
 pub(crate) fn softmax_rows<F: Real>(s: ArrayView2<'_, F>) -> (Array2<F>, Array1<F>) {
     let mut a = s.to_owned();
     let mut lse = Array1::zeros(s.nrows());
-    for (mut row, l) in a.axis_iter_mut(Axis(0)).zip(lse.iter_mut()) {
-        *l = logsumexp(row.view());
-        let l = *l;
-        row.mapv_inplace(|v| (v - l).exp());
-    }
+    // rows in parallel (each is independent)
+    ndarray::Zip::from(a.rows_mut())
+        .and(&mut lse)
+        .par_for_each(|mut row, l| {
+            *l = logsumexp(row.view());
+            let l = *l;
+            row.mapv_inplace(|v| (v - l).exp());
+        });
     (a, lse)
 }
 

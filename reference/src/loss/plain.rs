@@ -8,8 +8,9 @@
 
 use super::{neg_log_softmax, softmax_complement, softmax_rows, LossOutput};
 use crate::error::Result;
+use crate::gemm::matmul;
 use crate::real::Real;
-use ndarray::ArrayView2;
+use ndarray::{Array1, ArrayView2, Zip};
 
 /// Value of `L_ce`. Shapes: `z_p, z_q: N x d`.
 ///
@@ -33,19 +34,21 @@ pub(crate) fn plain_loss_forward_backward<F: Real>(
 ) -> LossOutput<F> {
     let n = z_p.nrows();
     let nf = F::c(n as f64);
-    let s = z_p.dot(&z_q.t()) / tau;
+    let s = matmul(z_p, z_q.t()) / tau;
     let (mut a, lse) = softmax_rows(s.view());
-    let value = (0..n)
-        .map(|i| neg_log_softmax(s.row(i), lse[i], i))
-        .sum::<F>()
-        / nf;
+    // rows in parallel; their losses summed in row order
+    let mut losses = Array1::zeros(n);
+    Zip::indexed(&mut losses)
+        .and(s.rows())
+        .and(&lse)
+        .par_for_each(|i, l, row, &lse| *l = neg_log_softmax(row, lse, i));
+    let value = losses.iter().fold(F::zero(), |v, &l| v + l) / nf;
     // A − I, then the two products; A[i,i] − 1 = −Σ_{k≠i} A[i,k] (no cancellation).
-    for i in 0..n {
-        a[[i, i]] = -softmax_complement(a.row(i), i);
-    }
+    Zip::indexed(a.rows_mut())
+        .par_for_each(|i, mut row| row[i] = -softmax_complement(row.view(), i));
     let scale = F::one() / (nf * tau);
-    let grad_z_p = a.dot(&z_q) * scale;
-    let grad_z_q = a.t().dot(&z_p) * scale;
+    let grad_z_p = matmul(a.view(), z_q) * scale;
+    let grad_z_q = matmul(a.t(), z_p) * scale;
     LossOutput {
         value,
         grad_z_p,

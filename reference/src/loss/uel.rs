@@ -40,8 +40,9 @@
 
 use super::{logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput};
 use crate::error::Result;
+use crate::gemm::matmul;
 use crate::real::Real;
-use ndarray::{s, Array2, ArrayView1, ArrayView2};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 /// Value of `L_uel` (`negM = 1`). Shapes: `z_p, z_q: N x d`.
 ///
@@ -67,6 +68,54 @@ fn logsumexp_without<F: Real>(row: ArrayView1<'_, F>, skip: usize) -> F {
     logsumexp(r.view())
 }
 
+/// One row `a` of the criterion: `l_a` and `∂l_a/∂s[a,·]` into `grad`
+/// (the equations of the module docs), from the row `row = s[a,·]` of the
+/// `2N x 2N` logits (diagonal masked).
+fn uel_row<F: Real>(
+    a: usize,
+    n: usize,
+    row: ArrayView1<'_, F>,
+    mut grad: ArrayViewMut1<'_, F>,
+) -> F {
+    let two_n = 2 * n;
+    let half = F::c(0.5);
+    let lse = logsumexp(row);
+    let pa = pos(a, n);
+    // p[c] = softmax over c ≠ a (the masked diagonal gives exp(−inf) = 0)
+    let p = row.mapv(|v| (v - lse).exp());
+    let is_neg = |b: usize| b != a && b != pa;
+    // the negative with p > 1/2, if there is one (there is at most one)
+    let dominant = (0..two_n).find(|&b| is_neg(b) && p[b] > half);
+    let mut row_loss = neg_log_softmax(row, lse, pa); // −log p[a,pos]
+                                                      // R (or R' when a negative dominates): odds of the other negatives
+    let mut odds_rest = F::zero();
+    for b in (0..two_n).filter(|&b| is_neg(b) && Some(b) != dominant) {
+        row_loss -= (-p[b]).ln_1p();
+        let odds = p[b] / (F::one() - p[b]);
+        odds_rest += odds;
+        grad[b] = odds;
+    }
+    match dominant {
+        None => {
+            for c in (0..two_n).filter(|&c| is_neg(c)) {
+                grad[c] += p[c] * (F::one() - odds_rest);
+            }
+            grad[pa] = -softmax_complement(p.view(), pa) - p[pa] * odds_rest;
+        }
+        Some(b) => {
+            let lse_excl = logsumexp_without(row, b);
+            row_loss -= lse_excl - lse; // −log(1 − p[a,b*])
+            for c in (0..two_n).filter(|&c| c != a && c != b) {
+                let q = (row[c] - lse_excl).exp();
+                grad[c] += p[c] * (F::one() - odds_rest) - p[b] * q;
+            }
+            grad[b] = p[b] * (F::c(2.0) - odds_rest);
+            grad[pa] -= F::one();
+        }
+    }
+    row_loss
+}
+
 /// Value and both stop-gradient "gradients", on validated input
 /// (see [`super::loss_forward_backward`]).
 pub(crate) fn uel_loss_forward_backward<F: Real>(
@@ -77,55 +126,22 @@ pub(crate) fn uel_loss_forward_backward<F: Real>(
     let n = z_p.nrows();
     let two_n = 2 * n;
     let x = stack_rows(z_p, z_q);
-    let mut sim = x.dot(&x.t()) / tau;
+    let mut sim = matmul(x.view(), x.t()) / tau;
     for a in 0..two_n {
         sim[[a, a]] = F::neg_infinity();
     }
-    let half = F::c(0.5);
-    let mut value = F::zero();
-    // ∂l_a/∂s[a,c], row by row.
+    // ∂l_a/∂s[a,c] and the loss l_a, row by row (rows in parallel: each
+    // reads only its own row of s; the losses are summed in row order).
     let mut g = Array2::zeros((two_n, two_n));
-    for a in 0..two_n {
-        let row = sim.row(a);
-        let lse = logsumexp(row);
-        let pa = pos(a, n);
-        // p[c] = softmax over c ≠ a (the masked diagonal gives exp(−inf) = 0)
-        let p = row.mapv(|v| (v - lse).exp());
-        let is_neg = |b: usize| b != a && b != pa;
-        // the negative with p > 1/2, if there is one (there is at most one)
-        let dominant = (0..two_n).find(|&b| is_neg(b) && p[b] > half);
-        let mut row_loss = neg_log_softmax(row, lse, pa); // −log p[a,pos]
-                                                          // R (or R' when a negative dominates): odds of the other negatives
-        let mut odds_rest = F::zero();
-        for b in (0..two_n).filter(|&b| is_neg(b) && Some(b) != dominant) {
-            row_loss -= (-p[b]).ln_1p();
-            let odds = p[b] / (F::one() - p[b]);
-            odds_rest += odds;
-            g[[a, b]] = odds;
-        }
-        match dominant {
-            None => {
-                for c in (0..two_n).filter(|&c| is_neg(c)) {
-                    g[[a, c]] += p[c] * (F::one() - odds_rest);
-                }
-                g[[a, pa]] = -softmax_complement(p.view(), pa) - p[pa] * odds_rest;
-            }
-            Some(b) => {
-                let lse_excl = logsumexp_without(row, b);
-                row_loss -= lse_excl - lse; // −log(1 − p[a,b*])
-                for c in (0..two_n).filter(|&c| c != a && c != b) {
-                    let q = (row[c] - lse_excl).exp();
-                    g[[a, c]] += p[c] * (F::one() - odds_rest) - p[b] * q;
-                }
-                g[[a, b]] = p[b] * (F::c(2.0) - odds_rest);
-                g[[a, pa]] -= F::one();
-            }
-        }
-        value += row_loss;
-    }
+    let mut losses = Array1::zeros(two_n);
+    Zip::indexed(g.rows_mut())
+        .and(sim.rows())
+        .and(&mut losses)
+        .par_for_each(|a, grad_row, row, loss| *loss = uel_row(a, n, row, grad_row));
+    let mut value = losses.iter().fold(F::zero(), |v, &l| v + l);
     let inv_2n = F::one() / F::c(two_n as f64);
     value *= inv_2n;
-    let d_x = g.dot(&x) * (inv_2n / tau);
+    let d_x = matmul(g.view(), x.view()) * (inv_2n / tau);
     LossOutput {
         value,
         grad_z_p: d_x.slice(s![..n, ..]).to_owned(),
