@@ -109,10 +109,14 @@ pub(crate) fn sgemm(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Option<Ar
         i32::try_from(n).ok()?,
         i32::try_from(k).ok()?,
     );
-    let mut c = Array2::<f32>::zeros((m, n));
+    // `beta = 0`: sgemm writes every element of C without reading it, so C
+    // starts uninitialised (no zeroing pass over a weight gradient's size)
+    let mut c = Array2::<f32>::uninit((m, n));
     // SAFETY: a and b are valid for the extents CBLAS reads given their
     // transpose flags and leading dimensions (checked by `blas_layout`); c is
-    // a fresh, contiguous m x n row-major array with ldc = n.
+    // a fresh, contiguous m x n row-major array with ldc = n, which sgemm
+    // with beta = 0 overwrites entirely (it never reads it); `MaybeUninit<f32>`
+    // has f32's layout.
     unsafe {
         cblas_sgemm(
             ROW_MAJOR,
@@ -127,11 +131,11 @@ pub(crate) fn sgemm(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Option<Ar
             b.as_ptr(),
             ldb,
             0.0,
-            c.as_mut_ptr(),
+            c.as_mut_ptr().cast::<f32>(),
             ni,
         );
+        Some(c.assume_init())
     }
-    Some(c)
 }
 
 #[cfg(test)]

@@ -574,7 +574,7 @@ impl<F: Real> Optimizer<F> {
             let mut p = mlp.parameters()[i].to_owned();
             let mut state = self.state[i].clone();
             update(config, p.view_mut(), g, &mut state);
-            let finite = p.iter().all(|v| v.is_finite())
+            let finite = check::all_finite(p.view())
                 && OptimizerConfig::exact_bound(&state).first.is_finite()
                 && OptimizerConfig::exact_bound(&state).second.is_finite();
             if !finite {

@@ -9,6 +9,7 @@ use crate::overhead::plan::{Group, GroupKind, Member, StepConfig, Task};
 use crate::overhead::profile::Profile;
 use crate::overhead::{Backend, Impl};
 use clae_reference::loss::LossKind;
+use std::fmt::Write as _;
 
 /// What happened to one member.
 #[derive(Debug, Clone, PartialEq)]
@@ -550,7 +551,20 @@ pub fn check_targets(run: &RunResult) -> Vec<TargetCheck> {
             || {
                 let t = r.median(StepKind::Plain).unwrap_or(f64::NAN);
                 let at_peak = r.steps[0].as_ref().map_or(f64::NAN, |m| m.flops as f64 / (peak * 1e9));
-                format!("at the peak its FLOPs take {}; the other {} of the {} step is below-peak work (smaller products, elementwise passes, the optimizer)", ms(at_peak), ms(t - at_peak), ms(t))
+                let mut why = format!("at the peak its FLOPs take {}; the other {} of the {} step is below-peak work (smaller products, elementwise passes, the optimizer)", ms(at_peak), ms(t - at_peak), ms(t));
+                // the same step in PyTorch eager, against libtorch's peak
+                let torch_peak = rows
+                    .iter()
+                    .find(|o| o.config == r.config && o.imp == Impl::TCH_CPU_F32)
+                    .and_then(|o| o.peak_gflops);
+                let eager = rows
+                    .iter()
+                    .find(|o| o.config == r.config && o.imp == Impl::EAGER_CPU_F32)
+                    .and_then(|o| o.gflops(StepKind::Plain));
+                if let (Some(e), Some(p)) = (eager, torch_peak) {
+                    let _ = write!(why, "; PyTorch eager's plain step: {e:.1} GFLOP/s, {:.0}% of libtorch's peak", 100.0 * e / p);
+                }
+                why
             },
         ));
     }

@@ -16,6 +16,9 @@ pub struct Machine {
     /// `OMP_WAIT_POLICY` as set for this process (libtorch's OpenMP threads
     /// spin between parallel regions unless it is `PASSIVE`).
     pub omp_wait_policy: String,
+    /// The C allocator's settings (`GLIBC_TUNABLES`), which libtorch, the
+    /// reference and the PyTorch eager child all allocate through.
+    pub malloc: String,
     /// CUDA device(s), or why there is none.
     pub cuda: String,
     /// `rustc --version` of the compiler that built the report.
@@ -83,6 +86,10 @@ impl Machine {
             torch_threads: i64::from(tch::get_num_threads()),
             omp_wait_policy: std::env::var("OMP_WAIT_POLICY")
                 .unwrap_or_else(|_| "unset (libgomp default: spin, then sleep)".into()),
+            malloc: match std::env::var("GLIBC_TUNABLES") {
+                Ok(v) if !v.is_empty() => format!("GLIBC_TUNABLES={v} (every implementation)"),
+                _ => "glibc defaults (adaptive mmap and trim thresholds)".into(),
+            },
             cuda,
             rustc: env!("CLAE_RUSTC_VERSION").to_string(),
             versions: vec![

@@ -174,6 +174,7 @@ pub fn markdown(run: &RunResult) -> String {
     let _ = writeln!(s, "| reference threads | {} |", m.reference_threads);
     let _ = writeln!(s, "| libtorch threads | {} |", m.torch_threads);
     let _ = writeln!(s, "| OMP_WAIT_POLICY | {} |", m.omp_wait_policy);
+    let _ = writeln!(s, "| C allocator | {} |", m.malloc);
     let _ = writeln!(s, "| CUDA | {} |", m.cuda);
     let _ = writeln!(s, "| kernel | {} |", m.kernel);
     let _ = writeln!(s, "| source | {} |", m.source);
@@ -318,7 +319,7 @@ pub fn markdown(run: &RunResult) -> String {
         s.push_str("\n## Where the reference step's time goes\n\n");
         let _ = writeln!(
             s,
-            "Reference f32, {}, N {}, Plain loss, SGD; every piece timed in interleaved rounds (medians), a whole `plain_step` in the same rounds for comparison.\n",
+            "Reference f32, {}, N {}, Plain loss, SGD; every piece timed in interleaved rounds (medians), a whole `plain_step` in the same rounds for comparison. The pieces are the public calls, and each validates its own input (`backward` its cache and gradients, `update_running_stats` the encoder, `accumulate` its sums), where `plain_step` checks everything once: their sum exceeds the step by that repeated validation.\n",
             p.model, p.n
         );
         s.push_str("| piece | calls per plain step | per call | per step | share of step | GFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
@@ -350,7 +351,7 @@ pub fn markdown(run: &RunResult) -> String {
             ms(p.plain_step_s),
             ms(p.plain_step_s)
         );
-        s.push_str("\nInside the passes: the matrix products alone (same shapes, same `ndarray` calls), and libtorch on the same products.\n\n| | reference, whole pass | reference, products only | elementwise + bookkeeping | libtorch, products only |\n|---|---:|---:|---:|---:|\n");
+        s.push_str("\nInside the passes: the matrix products alone (same shapes, same `Real::matmul` calls), and libtorch on the same products.\n\n| | reference, whole pass | reference, products only | elementwise + bookkeeping | libtorch, products only |\n|---|---:|---:|---:|---:|\n");
         let fwd = p.piece("forward").map(|x| x.seconds).unwrap_or(f64::NAN);
         let bw = p.piece("backward").map(|x| x.seconds).unwrap_or(f64::NAN);
         let _ = writeln!(
@@ -469,6 +470,7 @@ pub fn markdown(run: &RunResult) -> String {
     s.push_str("\n## Method\n\n");
     s.push_str("* Every group's members run in the same rounds, in an order shuffled each round; each member's time is the median over rounds, and every ratio is between medians of one group — never across groups or runs. Quartiles show the spread.\n");
     s.push_str("* Before every sample the harness pauses briefly (untimed), so that libtorch's OpenMP threads, which keep spinning for milliseconds after a parallel region, are asleep before the next member starts.\n");
+    s.push_str("* Every implementation allocates through the same C allocator with the settings in the machine table. `overhead-report` fixes glibc's mmap and trim thresholds unless `GLIBC_TUNABLES` is set: with glibc's adaptive defaults, whether a step's freed memory goes back to the kernel (and the next step pays page faults to get it back) depends on each process's allocation history — on the large MLP it made our libtorch step 12% slower than the same step in the PyTorch process (192 ms against 171 ms; 169 ms against 171 ms with fixed thresholds). `GLIBC_TUNABLES= overhead-report …` measures with the defaults.\n");
     s.push_str("* The CPU time other processes used during each round is read from `/proc`; rounds during which they kept too many CPUs busy are discarded and rerun (within a time limit), see the table below.\n");
     s.push_str("* One warm-up run per member (and, for fast members, one calibration sample) precedes the timed rounds; fast members run several times per sample (at least ~50 ms per sample).\n");
     s.push_str("* Steps are real training steps on fixed random data (`P` standard normal, `Q = 0.9 P + 0.1 noise`), with the authors' optimizer for the loss (SGD for Plain/UEL, Adam for SimCLR) and the paper's `tau`, `eps`, `alpha = 1`. The authors' recipe for the Plain loss includes their recomputation of `f_clean(P)`.\n");
@@ -728,6 +730,7 @@ mod tests {
             logical_cpus: 2,
             reference_threads: "2".into(),
             torch_threads: 2,
+            malloc: "glibc defaults".into(),
             omp_wait_policy: "unset".into(),
             cuda: "none".into(),
             rustc: "rustc 1.0".into(),

@@ -209,13 +209,22 @@ impl<F: Real> MlpGrads<F> {
                 actual: format!("{b:?}"),
             });
         }
-        let mut sum = self.clone();
-        sum.add_unchecked(other);
-        if sum
+        // every sum finite (checked without forming it), then added in place
+        let representable =
+            |a: &Option<ArrayViewD<'_, F>>, b: &Option<ArrayViewD<'_, F>>| match (a, b) {
+                (Some(a), Some(b)) => ndarray::Zip::from(a).and(b).par_fold(
+                    || true,
+                    |ok, &x, &y| ok & (x + y).is_finite(),
+                    |p, q| p & q,
+                ),
+                (Some(t), None) | (None, Some(t)) => crate::check::all_finite(t.view()),
+                (None, None) => true,
+            };
+        if !self
             .tensors()
             .iter()
-            .flatten()
-            .any(|t| !t.iter().all(|v| v.is_finite()))
+            .zip(other.tensors().iter())
+            .all(|(a, b)| representable(a, b))
         {
             return Err(ClaeError::Overflow {
                 cause: "the two gradients".into(),
@@ -223,7 +232,7 @@ impl<F: Real> MlpGrads<F> {
                 precision: F::NAME.to_string(),
             });
         }
-        *self = sum;
+        self.add_unchecked(other);
         Ok(())
     }
 

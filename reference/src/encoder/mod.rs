@@ -699,7 +699,7 @@ impl<F: Real> Mlp<F> {
             fwd.z.rows().into_iter().zip(fwd.u.rows()).any(|(z, u)| {
                 z.iter().all(|v| *v == F::zero()) && u.iter().any(|v| *v != F::zero())
             });
-        if collapsed || !fwd.z.iter().all(|v| v.is_finite()) {
+        if collapsed || !check::all_finite(fwd.z.view()) {
             return Err(overflow(
                 "the embedding z (or an activation before it)".into(),
             ));
@@ -828,7 +828,7 @@ pub(crate) fn check_finite_result<F: Real, D: ndarray::Dimension>(
     quantity: &str,
     a: &ndarray::Array<F, D>,
 ) -> Result<()> {
-    if a.iter().all(|v| v.is_finite()) {
+    if check::all_finite(a.view()) {
         Ok(())
     } else {
         Err(ClaeError::Overflow {

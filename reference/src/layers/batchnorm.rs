@@ -104,17 +104,18 @@ pub(crate) fn batchnorm_backward<F: Real>(
     let dx = if cache.batch_stats {
         let n = F::c(dy.nrows() as f64);
         let mut dx = Array2::zeros(dy.raw_dim());
-        Zip::from(dx.columns_mut())
-            .and(dy.columns())
-            .and(cache.x_hat.columns())
-            .and(&scale)
-            .and(&dbeta)
-            .and(&dgamma)
-            .par_for_each(|mut dx, g, xh, &s, &db, &dg| {
+        // the formula above, element by element; rows in parallel
+        Zip::from(dx.rows_mut())
+            .and(dy.rows())
+            .and(cache.x_hat.rows())
+            .par_for_each(|mut dx, g, xh| {
                 Zip::from(&mut dx)
                     .and(&g)
                     .and(&xh)
-                    .for_each(|d, &g, &xh| *d = s / n * (n * g - db - xh * dg));
+                    .and(&scale)
+                    .and(&dbeta)
+                    .and(&dgamma)
+                    .for_each(|d, &g, &xh, &s, &db, &dg| *d = s / n * (n * g - db - xh * dg));
             });
         dx
     } else {

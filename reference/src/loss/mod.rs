@@ -16,7 +16,7 @@ pub mod uel;
 use crate::check;
 use crate::error::{ClaeError, Result};
 use crate::real::Real;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 
 /// Which loss a model is trained with (the three variants of the authors' code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -181,8 +181,8 @@ pub(crate) fn checked_loss<F: Real>(
         LossKind::Uel => uel::uel_loss_forward_backward(z_p, z_q, tau),
     };
     let finite = out.value.is_finite()
-        && out.grad_z_p.iter().all(|v| v.is_finite())
-        && out.grad_z_q.iter().all(|v| v.is_finite());
+        && crate::check::all_finite(out.grad_z_p.view())
+        && crate::check::all_finite(out.grad_z_q.view());
     if finite {
         Ok(out)
     } else {
@@ -238,19 +238,62 @@ pub(crate) fn softmax_complement<F: Real>(p: ArrayView1<'_, F>, t: usize) -> F {
         .sum()
 }
 
-/// Row-wise softmax with the maximum subtracted; `-inf` entries get 0.
-pub(crate) fn softmax_rows<F: Real>(s: ArrayView2<'_, F>) -> (Array2<F>, Array1<F>) {
-    let mut a = s.to_owned();
-    let mut lse = Array1::zeros(s.nrows());
-    // rows in parallel (each is independent)
-    ndarray::Zip::from(a.rows_mut())
-        .and(&mut lse)
-        .par_for_each(|mut row, l| {
-            *l = logsumexp(row.view());
-            let l = *l;
-            row.mapv_inplace(|v| (v - l).exp());
+/// One row of logits `s` with target column `t`, turned into its softmax in
+/// place (entries `-inf` are masked and get probability 0); returns
+/// `(−log p[t], 1 − p[t])`:
+///
+/// ```text
+/// m = max_c s[c],   e[c] = exp(s[c] − m),   Σ = Σ_c e[c],   p = e / Σ
+/// −log p[t] = m + ln Σ − s[t]     (= ln1p(Σ_{c≠t} e[c]) when s[t] = m)
+/// 1 − p[t]  = Σ_{c≠t} p[c]
+/// ```
+///
+/// One `exp` per entry. The two alternative forms avoid cancellation: when
+/// `s[t]` is the row maximum (the target dominates — an aligned pair, small
+/// `tau`) `m + ln Σ − s[t]` rounds a loss of `1e-10` to 0 in `f32` at
+/// `tau = 0.01`, and `1 − p[t]` would be rounding noise when `p[t] ≈ 1`.
+/// (Otherwise `p[t] <= 1/2` and the difference is accurate.)
+pub(crate) fn softmax_row<F: Real>(mut row: ArrayViewMut1<'_, F>, t: usize) -> (F, F) {
+    let target = row[t];
+    let m = row.fold(F::neg_infinity(), |m, &v| if v > m { v } else { m });
+    row.mapv_inplace(|v| (v - m).exp());
+    let total = row.sum();
+    let others = row
+        .iter()
+        .enumerate()
+        .filter(|&(c, _)| c != t)
+        .fold(F::zero(), |acc, (_, &e)| acc + e);
+    let nll = if target >= m {
+        others.ln_1p()
+    } else {
+        m + total.ln() - target
+    };
+    row.mapv_inplace(|e| e / total);
+    (nll, others / total)
+}
+
+/// `G + Gᵀ` of a square matrix, tile by tile (64 x 64, row tiles in
+/// parallel) so that the transposed reads stay in cache.
+pub(crate) fn plus_transpose<F: Real>(g: ArrayView2<'_, F>) -> Array2<F> {
+    use ndarray::parallel::prelude::*;
+    const TILE: usize = 64;
+    let m = g.nrows();
+    let mut out = Array2::zeros((m, m));
+    out.axis_chunks_iter_mut(Axis(0), TILE)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(tile, mut rows)| {
+            let i0 = tile * TILE;
+            for j0 in (0..m).step_by(TILE) {
+                for (r, mut out_row) in rows.rows_mut().into_iter().enumerate() {
+                    let i = i0 + r;
+                    for j in j0..(j0 + TILE).min(m) {
+                        out_row[j] = g[[i, j]] + g[[j, i]];
+                    }
+                }
+            }
         });
-    (a, lse)
+    out
 }
 
 /// `[A; B]`, stacked rows (`2N x d`).

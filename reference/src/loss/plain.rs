@@ -6,7 +6,7 @@
 //! A = rowsoftmax(S):   dL/dZ_P = (A − I) Z_Q / (N tau),   dL/dZ_Q = (A − I)ᵀ Z_P / (N tau)
 //! ```
 
-use super::{neg_log_softmax, softmax_complement, softmax_rows, LossOutput};
+use super::{softmax_row, LossOutput};
 use crate::error::Result;
 use crate::gemm::matmul;
 use crate::real::Real;
@@ -34,18 +34,19 @@ pub(crate) fn plain_loss_forward_backward<F: Real>(
 ) -> LossOutput<F> {
     let n = z_p.nrows();
     let nf = F::c(n as f64);
-    let s = matmul(z_p, z_q.t()) / tau;
-    let (mut a, lse) = softmax_rows(s.view());
-    // rows in parallel; their losses summed in row order
+    // S, turned row by row into A = rowsoftmax(S), then A − I; rows in
+    // parallel, their losses summed in row order
+    let mut a = matmul(z_p, z_q.t()) / tau;
     let mut losses = Array1::zeros(n);
-    Zip::indexed(&mut losses)
-        .and(s.rows())
-        .and(&lse)
-        .par_for_each(|i, l, row, &lse| *l = neg_log_softmax(row, lse, i));
-    let value = losses.iter().fold(F::zero(), |v, &l| v + l) / nf;
-    // A − I, then the two products; A[i,i] − 1 = −Σ_{k≠i} A[i,k] (no cancellation).
     Zip::indexed(a.rows_mut())
-        .par_for_each(|i, mut row| row[i] = -softmax_complement(row.view(), i));
+        .and(&mut losses)
+        .par_for_each(|i, mut row, l| {
+            let (nll, rest) = softmax_row(row.view_mut(), i);
+            *l = nll;
+            // A[i,i] − 1 = −Σ_{k≠i} A[i,k] (no cancellation)
+            row[i] = -rest;
+        });
+    let value = losses.iter().fold(F::zero(), |v, &l| v + l) / nf;
     let scale = F::one() / (nf * tau);
     let grad_z_p = matmul(a.view(), z_q) * scale;
     let grad_z_q = matmul(a.t(), z_p) * scale;

@@ -12,12 +12,12 @@
 //! `n`, which removes each row's radial component. On unit-norm inputs the
 //! value equals the plain-dot-product value, but the gradient is tangential.
 
-use super::{logsumexp, neg_log_softmax, pos, softmax_complement, stack_rows, LossOutput};
+use super::{plus_transpose, pos, softmax_row, stack_rows, LossOutput};
 use crate::error::Result;
 use crate::gemm::matmul;
 use crate::layers::{l2_normalize_backward, l2_normalize_forward};
 use crate::real::Real;
-use ndarray::{s, Array1, Array2, ArrayView2, Zip};
+use ndarray::{s, Array1, ArrayView2, Zip};
 
 /// The loss's own normalisation clamp, `1e-8` (`nn.CosineSimilarity`'s eps).
 pub const COSINE_EPS: f64 = 1e-8;
@@ -48,38 +48,27 @@ pub(crate) fn simclr_loss_forward_backward<F: Real>(
     let two_n = 2 * n;
     let u = stack_rows(z_p, z_q);
     let un = l2_normalize_forward(u.view(), COSINE_EPS);
-    let mut sim = matmul(un.view(), un.t()) / tau;
+    // s, turned row by row into G (rows in parallel: each reads only its own
+    // row; the losses are summed in row order)
+    let mut g = matmul(un.view(), un.t()) / tau;
     for a in 0..two_n {
-        sim[[a, a]] = F::neg_infinity();
+        g[[a, a]] = F::neg_infinity(); // softmax over b ≠ a
     }
     let inv_2n = F::one() / F::c(two_n as f64);
-    // G as described in the module docs, built row by row (rows in parallel:
-    // each reads only its own row of s; the losses are summed in row order).
-    let mut g = Array2::zeros((two_n, two_n));
     let mut losses = Array1::zeros(two_n);
     Zip::indexed(g.rows_mut())
-        .and(sim.rows())
         .and(&mut losses)
-        .par_for_each(|a, mut g_row, row, loss| {
-            let lse = logsumexp(row);
+        .par_for_each(|a, mut row, loss| {
             let pa = pos(a, n);
-            *loss = neg_log_softmax(row, lse, pa);
-            // softmax over b ≠ a (the masked diagonal gives exp(−inf) = 0)
-            let p = row.mapv(|v| (v - lse).exp());
-            Zip::from(&mut g_row)
-                .and(&p)
-                .for_each(|g, &p| *g = p * inv_2n);
+            let (nll, rest) = softmax_row(row.view_mut(), pa);
+            *loss = nll;
             // p[pos] − 1 = −Σ_{b∉{a,pos}} p[b] (no cancellation when p[pos] ≈ 1)
-            g_row[pa] = -softmax_complement(p.view(), pa) * inv_2n;
+            row[pa] = -rest;
+            row.mapv_inplace(|p| p * inv_2n);
         });
     let mut value = losses.iter().fold(F::zero(), |v, &l| v + l);
     value *= inv_2n;
-    // G + Gᵀ
-    let mut sym = Array2::zeros((two_n, two_n));
-    Zip::from(&mut sym)
-        .and(&g)
-        .and(g.t())
-        .par_for_each(|s, &a, &b| *s = a + b);
+    let sym = plus_transpose(g.view());
     let d_un = matmul(sym.view(), un.view()) / tau;
     let d_u = l2_normalize_backward(u.view(), un.view(), d_un.view(), COSINE_EPS);
     LossOutput {
