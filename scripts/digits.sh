@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-exec cargo run --release -p clae-benches --bin digits -- "$@"
+exec cargo run --release -p clae-replication --bin digits -- "$@"

@@ -11,6 +11,9 @@ step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (all crates, tests and doctests)"
 cargo test --workspace
+step "conformance vectors through the Python port written from the docs"
+python=${CLAE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clae}/torch-2.11.0/bin/python
+"$python" conformance/python/port.py
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "all checks passed"

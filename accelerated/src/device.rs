@@ -47,7 +47,7 @@ use tch::{Device, Kind};
 /// assert_eq!(Precision::F64.kind(), tch::Kind::Double);
 /// assert_eq!(Precision::of::<f32>(), Precision::F32);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Precision {
     /// `f32` (`torch.float32`).
     F32,

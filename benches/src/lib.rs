@@ -8,11 +8,14 @@
 //! * [`overhead`] — the overhead report (`scripts/report.sh`, binary
 //!   `overhead-report`): plain and CLAE steps measured side by side against
 //!   that FLOP model, GEMM peaks, losses, and the targets;
-//! * [`digits`] — the replication on scikit-learn's 8x8 digits (binary `digits`).
+//! * [`machine`] — the machine and software a measurement ran on (CPU,
+//!   threads, versions, load, date), shared with the replications
+//!   (`clae-replication`, in `benches/replication/`).
 //!
-//! The criterion benches (`cargo bench`: `loss`, `step`, `gemm`) use the same
-//! workloads as the report, from [`overhead::workloads`].
+//! `cargo bench --bench overhead` (harness-less, the same options) produces
+//! the report too; the criterion benches (`loss`, `step`, `gemm`) use the
+//! same workloads, from [`overhead::workloads`].
 
-pub mod digits;
 pub mod flops;
+pub mod machine;
 pub mod overhead;

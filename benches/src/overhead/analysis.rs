@@ -3,7 +3,7 @@
 //! comparison, and the targets, each met or missed with the reason.
 
 use crate::flops::{model_ratios, step_flops, StepKind};
-use crate::overhead::machine::Machine;
+use crate::machine::Machine;
 use crate::overhead::measure::{quantile, Stats};
 use crate::overhead::plan::{Group, GroupKind, Member, StepConfig, Task};
 use crate::overhead::profile::Profile;

@@ -26,7 +26,6 @@ pub mod analysis;
 pub mod charts;
 pub mod cli;
 pub mod eager;
-pub mod machine;
 pub mod measure;
 pub mod plan;
 pub mod profile;
@@ -120,24 +119,8 @@ impl Backend {
     }
 }
 
-/// Element type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Precision {
-    /// `f32`.
-    F32,
-    /// `f64`.
-    F64,
-}
-
-impl Precision {
-    /// `f32` or `f64`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F64 => "f64",
-        }
-    }
-}
+/// Element type: the workspace's one precision vocabulary, `clae-accelerated`'s.
+pub use clae_accelerated::device::Precision;
 
 /// An implementation at a precision: what a row of a table compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

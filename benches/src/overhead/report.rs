@@ -395,7 +395,7 @@ pub fn markdown(run: &RunResult) -> String {
     }
 
     s.push_str("\n## FLOP model\n\n");
-    s.push_str("Exact counts from the layer shapes (`crates benches/src/flops.rs`: matrix products `2mkn`, elementwise ops one FLOP each). `F` is one forward pass of one view, `B_w` a backward pass into the parameters (every weight gradient, every input gradient but the first layer's), `B_x` a backward pass to the input only, `L` a loss evaluation with both gradients.\n\n");
+    s.push_str("Exact counts from the layer shapes (`benches/src/flops.rs`: matrix products `2mkn`, elementwise ops one FLOP each). `F` is one forward pass of one view, `B_w` a backward pass into the parameters (every weight gradient, every input gradient but the first layer's), `B_x` a backward pass to the input only, `L` a loss evaluation with both gradients.\n\n");
     s.push_str("| configuration | F | B_w / F | B_x / F | step | passes | GFLOP | exact ratio | docs/SPEC.md §6 ratio |\n|---|---:|---:|---:|---|---|---:|---:|---:|\n");
     let mut seen = Vec::new();
     for g in &run.groups {
@@ -680,8 +680,8 @@ pub fn targets_csv(run: &RunResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::Machine;
     use crate::overhead::analysis::{GroupResult, MemberResult};
-    use crate::overhead::machine::Machine;
     use crate::overhead::measure::Stats;
     use crate::overhead::plan::Plan;
 

@@ -1,9 +1,9 @@
 //! The `overhead-report` main loop: plan, measure group by group with
 //! progress on stderr, profile, write the report folder.
 
+use crate::machine::{load_average, Machine};
 use crate::overhead::analysis::{GroupResult, MemberResult, Outcome, RunResult};
 use crate::overhead::cli::{Options, PlanName, HELP};
-use crate::overhead::machine::{load_average, Machine};
 use crate::overhead::measure::{measure_interleaved, Progress, RoundPolicy, Workload};
 use crate::overhead::plan::{GroupKind, Plan};
 use crate::overhead::profile::profile_reference;
@@ -78,7 +78,7 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
         "not used by this plan".to_string()
     };
     let mut machine = Machine::detect(cuda);
-    if let Some(load) = crate::overhead::machine::load_1min() {
+    if let Some(load) = crate::machine::load_1min() {
         if load > machine.logical_cpus as f64 && std::env::var_os("OMP_WAIT_POLICY").is_none() {
             let msg = format!(
                 "the machine is busy (load {load:.1} on {} CPUs): libtorch's OpenMP threads spin-wait by default and lose whole time slices to other processes, which can make small libtorch operations 10-100x slower; for a fair libtorch measurement on a busy machine run with OMP_WAIT_POLICY=PASSIVE, or wait for a quiet machine",
@@ -272,6 +272,52 @@ fn print_group_line(group: &crate::overhead::plan::Group, results: &[MemberResul
         .collect();
     if !parts.is_empty() {
         eprintln!("  {}: {}", group.id, parts.join(", "));
+    }
+}
+
+/// Restarts this process once with the settings every measurement runs
+/// under, each only if unset (recorded in the report's machine table; the
+/// PyTorch eager child inherits them). Returns only when nothing needed
+/// setting or the restart failed (then it says so and the run goes on).
+pub fn restart_with_settings(args: &[String]) {
+    // Two settings are read when the process starts, so the report restarts
+    // itself once with them (each only if unset; both are recorded in the
+    // report's machine table, and the PyTorch eager child inherits them):
+    //
+    // * OpenBLAS (the reference's f32 GEMM on AVX-512 CPUs) keeps its worker
+    //   threads spinning for 2^28 cycles after every product by default: in
+    //   a harness that runs libtorch right after, they would steal its cores.
+    //   OPENBLAS_THREAD_TIMEOUT=4 lets them sleep after 2^4.
+    // * glibc malloc returns freed memory at the top of its heap to the
+    //   kernel once it exceeds a threshold that adapts to each process's
+    //   history, and every later step pays page faults to get it back: on
+    //   the large MLP that is 20k-28k faults per libtorch step here, a
+    //   per-process accident, not a cost of the step. Fixed thresholds
+    //   (32 MiB, the largest mmap threshold; trim at 4 GiB) give every
+    //   implementation the same allocator. `GLIBC_TUNABLES=` (set, empty)
+    //   measures with glibc's defaults instead.
+    let wanted = [
+        ("OPENBLAS_THREAD_TIMEOUT", "4"),
+        (
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296",
+        ),
+    ];
+    let missing: Vec<_> = wanted
+        .iter()
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .collect();
+    if !missing.is_empty() {
+        use std::os::unix::process::CommandExt;
+        if let Ok(me) = std::env::current_exe() {
+            let mut cmd = std::process::Command::new(me);
+            cmd.args(args);
+            for (k, v) in &missing {
+                cmd.env(k, v);
+            }
+            let err = cmd.exec();
+            eprintln!("overhead-report: could not restart with {missing:?} ({err}); continuing");
+        }
     }
 }
 

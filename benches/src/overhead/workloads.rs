@@ -321,7 +321,6 @@ pub mod tch_side {
     use crate::overhead::plan::{Model, StepConfig};
     use crate::overhead::{BenchError, Precision, Result};
     use clae_accelerated::convert::tensor_from_array;
-    use clae_accelerated::device::Precision as TchPrecision;
     use clae_accelerated::encoder::Encoder;
     use clae_accelerated::loss::loss_forward_backward;
     use clae_accelerated::mlp::Mlp;
@@ -333,13 +332,6 @@ pub mod tch_side {
     use ndarray::Array2;
     use std::hint::black_box;
     use tch::{Device, Tensor};
-
-    fn precision(p: Precision) -> TchPrecision {
-        match p {
-            Precision::F32 => TchPrecision::F32,
-            Precision::F64 => TchPrecision::F64,
-        }
-    }
 
     fn tensor<F: clae_accelerated::device::TchReal>(
         a: &Array2<F>,
@@ -429,15 +421,14 @@ pub mod tch_side {
     /// workloads' batch (`P` normal, `Q = 0.9 P + 0.1 noise`; images of
     /// `3 x 32 x 32` for the ResNet).
     pub fn step(config: StepConfig, kind: StepKind, p: Precision, device: Device) -> Result<Built> {
-        let tp = precision(p);
         match config.model {
-            Model::Mlp(c) => make_step(Mlp::new(c, 0, device, tp)?, config, kind, p, device),
+            Model::Mlp(c) => make_step(Mlp::new(c, 0, device, p)?, config, kind, p, device),
             Model::ResNet18 { d } => {
                 let rc = ResNetConfig {
                     d,
                     ..ResNetConfig::cifar()
                 };
-                make_step(ResNet18::new(rc, 0, device, tp)?, config, kind, p, device)
+                make_step(ResNet18::new(rc, 0, device, p)?, config, kind, p, device)
             }
         }
     }

@@ -3,10 +3,12 @@
 
 use super::data::{self, Digits, CLASSES};
 use super::eval::{knn_top1, linear_probe, ProbeConfig, KNN_K, KNN_T};
-use super::report;
-use super::train::{make_trainer, train_run, Backend, Method, ModelConfig, RunRecord, TrainConfig};
+use super::tch_trainer::TchTrainer;
+use super::train::{
+    train_run, Backend, Method, ModelConfig, ReferenceTrainer, RunRecord, TrainConfig, Trainer,
+};
 use super::{DigitsError, Result};
-use crate::overhead::machine::load_1min;
+use clae_benches::machine::load_1min;
 use clae_reference::loss::LossKind;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
@@ -101,7 +103,7 @@ impl Options {
     /// means `--help` was asked for.
     ///
     /// ```
-    /// use clae_benches::digits::run::Options;
+    /// use clae_replication::digits::run::Options;
     /// let o = Options::parse(["--quick", "--seeds", "3"].map(String::from)).unwrap().unwrap();
     /// assert!(o.quick && o.seeds == 3 && o.epochs == 2);
     /// assert!(Options::parse(["--seeds", "x"].map(String::from)).is_err());
@@ -230,8 +232,8 @@ pub struct Replication {
     pub load_average: Option<(f64, f64)>,
 }
 
-/// Loads the data, trains every configuration for every seed, writes the
-/// report to `options.out`, and returns the results.
+/// Loads the data, trains every configuration for every seed, and returns
+/// the results (`report::write` writes the report folder).
 pub fn run(options: &Options) -> Result<Replication> {
     let started = Instant::now();
     if matches!(options.backend, Backend::TchCpuF32 | Backend::TchCudaF32) {
@@ -296,7 +298,6 @@ pub fn run(options: &Options) -> Result<Replication> {
         seconds: started.elapsed().as_secs_f64(),
         load_average: load_at_start.zip(load_1min()),
     };
-    report::write(&rep)?;
     Ok(rep)
 }
 
@@ -350,5 +351,15 @@ pub fn pixel_baseline(train: &Digits, test: &Digits, probe: &ProbeConfig) -> Res
             CLASSES,
             probe,
         )?,
+    })
+}
+
+/// A trainer of `backend` for `cfg`, initialised from `seed`.
+pub fn make_trainer(backend: Backend, cfg: &TrainConfig, seed: u64) -> Result<Box<dyn Trainer>> {
+    Ok(match backend {
+        Backend::ReferenceF32 => Box::new(ReferenceTrainer::<f32>::new(cfg, seed)?),
+        Backend::ReferenceF64 => Box::new(ReferenceTrainer::<f64>::new(cfg, seed)?),
+        Backend::TchCpuF32 => Box::new(TchTrainer::new(cfg, seed, tch::Device::Cpu)?),
+        Backend::TchCudaF32 => Box::new(TchTrainer::new(cfg, seed, tch::Device::Cuda(0))?),
     })
 }

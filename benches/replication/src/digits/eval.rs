@@ -71,7 +71,7 @@ fn unit_rows(x: ArrayView2<'_, f32>) -> Array2<f64> {
 ///
 /// ```
 /// use ndarray::array;
-/// use clae_benches::digits::eval::knn_top1;
+/// use clae_replication::digits::eval::knn_top1;
 /// let train = array![[1.0f32, 0.0], [0.9, 0.1], [0.0, 1.0]];
 /// let test = array![[1.0f32, 0.2], [0.1, 1.0]];
 /// let acc = knn_top1(train.view(), &[0, 0, 1], test.view(), &[0, 1], 2, 1, 0.1).unwrap();
@@ -173,7 +173,7 @@ impl Default for ProbeConfig {
 ///
 /// ```
 /// use ndarray::array;
-/// use clae_benches::digits::eval::{linear_probe, ProbeConfig};
+/// use clae_replication::digits::eval::{linear_probe, ProbeConfig};
 /// let x = array![[0.0f32, 1.0], [0.1, 0.9], [1.0, 0.0], [0.9, 0.2]];
 /// let acc = linear_probe(x.view(), &[0, 0, 1, 1], x.view(), &[0, 0, 1, 1], 2, &ProbeConfig::default()).unwrap();
 /// assert_eq!(acc, 1.0);

@@ -27,7 +27,7 @@ impl MeanStd {
     /// Summarises `xs`.
     ///
     /// ```
-    /// use clae_benches::digits::stats::MeanStd;
+    /// use clae_replication::digits::stats::MeanStd;
     /// let s = MeanStd::of(&[1.0, 2.0, 3.0]);
     /// assert_eq!((s.mean, s.std, s.n), (2.0, 1.0, 3));
     /// ```
@@ -68,7 +68,7 @@ pub struct Welch {
 /// have at least two values.
 ///
 /// ```
-/// use clae_benches::digits::stats::welch;
+/// use clae_replication::digits::stats::welch;
 /// let w = welch(&[1.0, 2.0, 3.0, 4.0], &[3.0, 4.0, 5.0, 6.0]).unwrap();
 /// assert_eq!(w.diff, 2.0);
 /// assert!((w.t - 2.190890).abs() < 1e-6 && (w.df - 6.0).abs() < 1e-12);
@@ -105,7 +105,7 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Welch> {
 /// `P(|T| >= |t|)` for Student's t with `df` degrees of freedom.
 ///
 /// ```
-/// use clae_benches::digits::stats::student_t_two_sided;
+/// use clae_replication::digits::stats::student_t_two_sided;
 /// assert!((student_t_two_sided(2.306004, 8.0) - 0.05).abs() < 1e-6);
 /// assert!((student_t_two_sided(1.0, 1.0) - 0.5).abs() < 1e-12); // Cauchy
 /// ```

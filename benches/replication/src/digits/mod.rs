@@ -19,7 +19,7 @@
 //! * [`stats`] — mean ± standard deviation over seeds and Welch's t-test;
 //! * [`report`] — Markdown table, CSV of every run, SVG charts;
 //! * [`run`] — command-line options and the whole replication
-//!   (`cargo run --release -p clae-benches --bin digits`).
+//!   (`cargo run --release -p clae-replication --bin digits`).
 
 pub mod augment;
 pub mod data;

@@ -426,24 +426,7 @@ fn hyper_parameter_table(configs: &[TrainConfig]) -> String {
 
 /// Today's date (UTC) from the system clock, `YYYY-MM-DD`.
 fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // "YYYY-MM-DD hh:mm:ss" -> the date
-    crate::overhead::machine::format_utc(secs)[..10].to_string()
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
+    clae_benches::machine::utc_now()[..10].to_string()
 }
 
 /// The full Markdown report.
@@ -465,7 +448,7 @@ pub fn markdown(rep: &Replication) -> String {
         o.epochs,
         o.backend.name(),
         std::env::consts::OS,
-        cpu_model(),
+        clae_benches::machine::cpu_model(),
         rep.seconds,
         match rep.load_average {
             Some((a, b)) => format!(" (1-minute load average {a:.1} at the start, {b:.1} at the end)"),

@@ -2,14 +2,15 @@
 //! stratified split, the augmentations, kNN and the probe on hand-made
 //! toys, and a `--quick` end-to-end run on the real data when it is present.
 
-use clae_benches::digits::augment::{augment_batch, translate, AugmentConfig};
-use clae_benches::digits::data::{self, parse_gz, stratified_split, Digits, PIXELS};
-use clae_benches::digits::eval::{knn_predict, knn_top1, linear_probe, ProbeConfig};
-use clae_benches::digits::run::{self, Options};
-use clae_benches::digits::train::{make_trainer, train_run, Backend, Method, TrainConfig};
-use clae_benches::digits::DigitsError;
 use clae_reference::loss::LossKind;
 use clae_reference::rng::Rng;
+use clae_replication::digits::augment::{augment_batch, translate, AugmentConfig};
+use clae_replication::digits::data::{self, parse_gz, stratified_split, Digits, PIXELS};
+use clae_replication::digits::eval::{knn_predict, knn_top1, linear_probe, ProbeConfig};
+use clae_replication::digits::report;
+use clae_replication::digits::run::{self, make_trainer, Options};
+use clae_replication::digits::train::{train_run, Backend, Method, TrainConfig};
+use clae_replication::digits::DigitsError;
 use indicatif::ProgressBar;
 use ndarray::{array, Array1, Array2};
 use std::io::Write;
@@ -476,6 +477,7 @@ fn quick_end_to_end_on_the_real_data() {
         ..Options::quick()
     };
     let rep = run::run(&options).unwrap();
+    report::write(&rep).unwrap();
     assert_eq!(rep.split_sizes.0 + rep.split_sizes.1, 1797);
     assert_eq!(
         rep.runs.len(),

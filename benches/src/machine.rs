@@ -38,6 +38,19 @@ pub struct Machine {
     pub load_after: String,
 }
 
+/// The CPU model from `/proc/cpuinfo` (`unknown` where there is none).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Threads of the global rayon pool the reference's elementwise work uses,
 /// as rayon sizes it: `RAYON_NUM_THREADS`, else the logical CPUs.
 fn rayon_threads() -> usize {
@@ -56,15 +69,7 @@ impl Machine {
     /// Collects everything from this process and machine. `cuda` describes
     /// the CUDA situation (the caller knows whether it looked).
     pub fn detect(cuda: String) -> Self {
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|m| m.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
+        let cpu_model = cpu_model();
         let logical_cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -190,7 +195,7 @@ pub fn utc_now() -> String {
 /// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
 ///
 /// ```
-/// use clae_benches::overhead::machine::format_utc;
+/// use clae_benches::machine::format_utc;
 /// assert_eq!(format_utc(0), "1970-01-01 00:00:00");
 /// assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
 /// ```

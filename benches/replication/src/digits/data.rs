@@ -104,7 +104,7 @@ pub fn load(path: &Path) -> Result<Digits> {
 ///
 /// ```
 /// use std::io::Write;
-/// use clae_benches::digits::data::parse_gz;
+/// use clae_replication::digits::data::parse_gz;
 /// let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
 /// let row: Vec<String> = (0..64).map(|i| (i % 17).to_string()).chain(["3".into()]).collect();
 /// writeln!(gz, "{}", row.join(",")).unwrap();
@@ -189,7 +189,7 @@ pub struct Split {
 /// seed always give the same split.
 ///
 /// ```
-/// use clae_benches::digits::data::stratified_split;
+/// use clae_replication::digits::data::stratified_split;
 /// let labels: Vec<usize> = (0..40).map(|i| i % 4).collect();
 /// let s = stratified_split(&labels, 0.25, 1).unwrap();
 /// assert_eq!((s.train.len(), s.test.len()), (28, 12)); // 3 of each class's 10

@@ -80,7 +80,7 @@ impl AugmentConfig {
 /// `(r - dy, c - dx)`, or 0 where that lies outside the image.
 ///
 /// ```
-/// use clae_benches::digits::augment::translate;
+/// use clae_replication::digits::augment::translate;
 /// let mut img = ndarray::Array1::<f32>::zeros(64);
 /// img[3 * 8 + 4] = 1.0;                       // row 3, column 4
 /// let moved = translate(img.view(), 1, -1).unwrap();

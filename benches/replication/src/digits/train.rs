@@ -10,7 +10,6 @@
 use super::augment::{augment_batch, AugmentConfig};
 use super::data::{Digits, CLASSES, PIXELS};
 use super::eval::{diagnostics, knn_top1, linear_probe, Diagnostics, ProbeConfig, KNN_K, KNN_T};
-use super::tch_trainer::TchTrainer;
 use super::{DigitsError, Result};
 use clae_reference::encoder::{Mlp, MlpConfig};
 use clae_reference::loss::LossKind;
@@ -288,16 +287,6 @@ impl<F: Real> Trainer for ReferenceTrainer<F> {
         let x = x.mapv(|v| F::c(v as f64));
         Ok(self.mlp.embed(x.view())?.mapv(|v| v.as_f64() as f32))
     }
-}
-
-/// A trainer of `backend` for `cfg`, initialised from `seed`.
-pub fn make_trainer(backend: Backend, cfg: &TrainConfig, seed: u64) -> Result<Box<dyn Trainer>> {
-    Ok(match backend {
-        Backend::ReferenceF32 => Box::new(ReferenceTrainer::<f32>::new(cfg, seed)?),
-        Backend::ReferenceF64 => Box::new(ReferenceTrainer::<f64>::new(cfg, seed)?),
-        Backend::TchCpuF32 => Box::new(TchTrainer::new(cfg, seed, tch::Device::Cpu)?),
-        Backend::TchCudaF32 => Box::new(TchTrainer::new(cfg, seed, tch::Device::Cuda(0))?),
-    })
 }
 
 /// One point of a learning curve (epoch 0 is the untrained encoder).

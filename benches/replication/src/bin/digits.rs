@@ -1,11 +1,11 @@
 //! `digits`: plain contrastive learning vs CLAE on scikit-learn's 8x8 digits
 //! (issue 6). Trains every (loss, method, seed), writes the report folder
 //! (default `report-out/digits/`) and prints the summary to stdout; progress
-//! bars go to stderr. See `digits --help` and the `clae_benches::digits` docs.
+//! bars go to stderr. See `digits --help` and the `clae_replication::digits` docs.
 
-use clae_benches::digits::report;
-use clae_benches::digits::run::{run, Options, USAGE};
-use clae_benches::digits::train::Backend;
+use clae_replication::digits::report;
+use clae_replication::digits::run::{run, Options, USAGE};
+use clae_replication::digits::train::Backend;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             std::env::set_var("MKL_NUM_THREADS", options.torch_threads.to_string());
         }
     }
-    match run(&options) {
+    match run(&options).and_then(|rep| report::write(&rep).map(|_| rep)) {
         Ok(rep) => {
             println!("{}", report::summary_table(&rep));
             println!("{}", report::comparison_table(&rep));
