@@ -245,7 +245,7 @@ pub trait Encoder {
         let shape = self.input_shape();
         match mode {
             Mode::Train(_) => check::batch_shape_only(what, &x, Some(&shape))?,
-            Mode::Eval => {
+            Mode::Eval | Mode::EvalAdv => {
                 let size = x.size();
                 if size.len() != shape.len() + 1 || size[1..] != shape[..] {
                     return Err(ClaeError::ShapeMismatch {

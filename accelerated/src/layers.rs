@@ -68,11 +68,11 @@ impl DualBatchNorm {
     ) -> Result<Tensor> {
         let bn = match mode {
             Mode::Train(Branch::Clean) | Mode::Eval => &self.clean,
-            Mode::Train(Branch::Adv) => &self.adv,
+            Mode::Train(Branch::Adv) | Mode::EvalAdv => &self.adv,
         };
         let (w, b) = (Some(&bn.weight), Some(&bn.bias));
         let (y, save_mean, save_invstd) = match mode {
-            Mode::Eval => {
+            Mode::Eval | Mode::EvalAdv => {
                 let y = x.f_batch_norm(
                     w,
                     b,

@@ -48,6 +48,7 @@ mod layers;
 pub mod loss;
 pub mod mlp;
 pub mod optim;
+pub mod peers;
 pub mod resnet;
 pub mod step;
 

@@ -18,6 +18,7 @@ use crate::encoder::{Branch, BufferSnapshot, Encoder, Gradients, Mode};
 use crate::error::Result;
 use crate::loss::{checked_loss, LossKind};
 use crate::optim::Optimizer;
+use crate::peers::{acl_attack_unchecked, rocl_attack_unchecked, PeerConfig, PeerMethod};
 use tch::Tensor;
 
 pub use clae_reference::step::ClaeConfig;
@@ -317,4 +318,106 @@ pub fn clae_step<E: Encoder + ?Sized>(
 ) -> Result<StepReport> {
     sync_free(enc, || opt.check_fits(enc))?;
     Ok(clae_run(enc, Some(opt), p, q, cfg)?.0)
+}
+
+/// Loss and parameter gradients of a peer step (docs/SPEC.md §6.1: ACL or
+/// RoCL style); updates the running statistics (clean: P, Q; adv: the
+/// adversarial views) but not the parameters. The report's `q_adv` is the
+/// view of `P`; `loss_adv` the adversarial term's `L`.
+pub fn peer_gradients<E: Encoder + ?Sized>(
+    enc: &mut E,
+    p: &Tensor,
+    q: &Tensor,
+    cfg: &PeerConfig,
+) -> Result<(StepReport, Gradients)> {
+    peer_run(enc, None, p, q, cfg)
+}
+
+/// One peer step: [`peer_gradients`], then the optimizer — all or nothing.
+///
+/// ```
+/// use clae_accelerated::{device::Precision, mlp::Mlp, optim::{Optimizer, OptimizerConfig}};
+/// use clae_accelerated::{peers::PeerConfig, step::peer_step};
+/// use clae_reference::{encoder::MlpConfig, loss::LossKind};
+/// let mut mlp = Mlp::new(MlpConfig::new(8, 16, 2, 4), 3, tch::Device::Cpu, Precision::F32).unwrap();
+/// let mut opt = Optimizer::new(OptimizerConfig::authors_adam(), &mlp).unwrap();
+/// let p = tch::Tensor::rand([5, 8], (tch::Kind::Float, tch::Device::Cpu));
+/// let r = peer_step(&mut mlp, &mut opt, &p, &(&p * 0.9), &PeerConfig::acl(LossKind::SimClr)).unwrap();
+/// assert!((r.total - 0.5 * (r.loss_clean + r.loss_adv.unwrap())).abs() < 1e-5);
+/// ```
+pub fn peer_step<E: Encoder + ?Sized>(
+    enc: &mut E,
+    opt: &mut Optimizer,
+    p: &Tensor,
+    q: &Tensor,
+    cfg: &PeerConfig,
+) -> Result<StepReport> {
+    sync_free(enc, || opt.check_fits(enc))?;
+    Ok(peer_run(enc, Some(opt), p, q, cfg)?.0)
+}
+
+fn peer_run<E: Encoder + ?Sized>(
+    enc: &mut E,
+    opt: Option<&mut Optimizer>,
+    p: &Tensor,
+    q: &Tensor,
+    cfg: &PeerConfig,
+) -> Result<(StepReport, Gradients)> {
+    let (p, q) = sync_free(enc, || {
+        for_precision!(enc.precision(), F => cfg.validate_for::<F>())?;
+        let (p, q) = prepare_views(enc, p, q)?;
+        crate::peers::check_size(enc, cfg, &p)?;
+        Ok((p, q))
+    })?;
+    let (loss, tau, pgd) = (cfg.loss, cfg.tau, cfg.pgd);
+    let clean = Mode::Train(Branch::Clean);
+    let adv = Mode::Train(Branch::Adv);
+    atomically(enc, (&p, &q), opt, |enc, health| {
+        tch::with_grad(|| {
+            // the views first (parameters frozen, nothing updated), then the
+            // training passes in the reference's order: P, Q clean, views adv
+            let views = match cfg.method {
+                PeerMethod::Acl => {
+                    let (x1, x2) = acl_attack_unchecked(enc, &p, &q, loss, tau, &pgd, health)?;
+                    vec![x1, x2]
+                }
+                PeerMethod::Rocl { .. } => {
+                    vec![rocl_attack_unchecked(enc, &p, &q, loss, tau, &pgd, health)?]
+                }
+            };
+            health.blame("P");
+            let z_p = enc.forward_unchecked(&p, clean, true, health)?;
+            health.blame("Q");
+            let z_q = enc.forward_unchecked(&q, clean, true, health)?;
+            let mut z_adv = Vec::with_capacity(views.len());
+            for v in &views {
+                health.blame("the adversarial views");
+                z_adv.push(enc.forward_unchecked(v, adv, true, health)?);
+            }
+            health.blame("the embeddings of P, Q and tau");
+            let (l_clean, clean_at) = checked_loss(loss, &z_p, &z_q, tau, health)?;
+            health.blame("the embeddings of the adversarial views and tau");
+            // ACL: ½ L(Z_P, Z_Q) + ½ L(Z_X₁, Z_X₂); RoCL: L(Z_P, Z_Q) + λ L(Z_Q, Z_X)
+            let (total, adv_at) = match cfg.method {
+                PeerMethod::Acl => {
+                    let (l_adv, at) = checked_loss(loss, &z_adv[0], &z_adv[1], tau, health)?;
+                    let half = |l: &Tensor| l.f_mul_scalar(0.5);
+                    (half(&l_clean)?.f_add(&half(&l_adv)?)?, at)
+                }
+                PeerMethod::Rocl { weight } => {
+                    let (l_adv, at) = checked_loss(loss, &z_q, &z_adv[0], tau, health)?;
+                    (l_clean.f_add(&l_adv.f_mul_scalar(weight)?)?, at)
+                }
+            };
+            health.blame("the loss terms and their weights");
+            let total_at = health.push("L_total", total.f_detach()?);
+            let grads = Gradients::of(enc, &total)?;
+            let losses = Losses {
+                clean: clean_at,
+                adv: Some(adv_at),
+                total: total_at,
+            };
+            Ok((losses, views.into_iter().next(), grads))
+        })
+    })
 }

@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod layers;
 pub mod loss;
 pub mod optim;
+pub mod peers;
 pub mod real;
 pub mod rng;
 pub mod state;

@@ -28,13 +28,13 @@ use ndarray::{Array2, ArrayView2};
 // --------------------------------------------------------------- the steps --
 
 /// What a step computed, nothing committed yet.
-struct Pass<F> {
-    report: StepReport<F>,
-    grads: MlpGrads<F>,
+pub(crate) struct Pass<F> {
+    pub(crate) report: StepReport<F>,
+    pub(crate) grads: MlpGrads<F>,
     /// The running statistics to commit.
-    running: Running<F>,
+    pub(crate) running: Running<F>,
     /// `max |g|` of every present gradient (checked finite).
-    grad_mags: Vec<Option<f64>>,
+    pub(crate) grad_mags: Vec<Option<f64>>,
 }
 
 /// `dL/dθ` of one forward pass, for the `dz = dL/dz` its embeddings got.

@@ -1,7 +1,8 @@
 //! Finite-difference checks in f64 of every analytic backward pass of the
 //! reference (each layer's are unit tests in `src/layers/gradcheck.rs`):
 //! each loss w.r.t. both embedding sets, the encoder
-//! (input and parameters, both BatchNorm branches and evaluation mode), the
+//! (input and parameters, both BatchNorm branches and evaluation mode with
+//! either branch's running statistics), the
 //! adversarial input gradient `g`, and the parameter gradients of plain and
 //! CLAE steps.
 //!
@@ -219,14 +220,15 @@ fn encoder_backward_matches_finite_differences_in_every_mode() {
         (Mode::Train(Branch::Clean), "train clean"),
         (Mode::Train(Branch::Adv), "train adv"),
         (Mode::Eval, "eval"),
+        (Mode::EvalAdv, "eval adv"),
     ] {
         let branches = match mode {
             Mode::Train(b) => vec![b],
-            Mode::Eval => vec![],
+            Mode::Eval | Mode::EvalAdv => vec![],
         };
         let (mlp, xs) = kink_free_setup(small_config(), 6, 100, 1e-3, &branches, 1);
         let x = &xs[0];
-        if mode == Mode::Eval {
+        if matches!(mode, Mode::Eval | Mode::EvalAdv) {
             let fwd = mlp.forward(x.view(), mode).unwrap();
             assert!(
                 relu_margin(&mlp, &fwd) > 1e-3,
@@ -247,9 +249,9 @@ fn encoder_backward_matches_finite_differences_in_every_mode() {
         // the branch that was not used has no gradient
         let names = mlp.parameter_names();
         for (name, g) in names.iter().zip(&owned(&grads)) {
-            let other = match mode {
-                Mode::Train(Branch::Adv) => ".bn.clean.",
-                _ => ".bn.adv.",
+            let other = match mode.branch() {
+                Branch::Adv => ".bn.clean.",
+                Branch::Clean => ".bn.adv.",
             };
             if name.contains(other) {
                 assert!(g.is_none(), "{label}: {name} should have no gradient");

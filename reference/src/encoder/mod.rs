@@ -66,8 +66,8 @@ pub(crate) fn forward_pass<F: Real>(mlp: &Mlp<F>, x: ArrayView2<'_, F>, mode: Mo
                 stats.push(s);
                 y
             }
-            Mode::Eval => {
-                let bn = &layer.bn.clean;
+            Mode::Eval | Mode::EvalAdv => {
+                let bn = layer.bn.branch(mode.branch());
                 let (y, cache) = batchnorm_forward_eval(
                     pre.view(),
                     bn.gamma.view(),
@@ -366,14 +366,19 @@ pub enum Mode {
     Train(Branch),
     /// The clean branch's running statistics (PyTorch `model.eval()`).
     Eval,
+    /// The adversarial branch's running statistics: `model.eval()` with the
+    /// adversarial BatchNorm selected, as the peers' attacks run
+    /// (docs/SPEC.md §6.1).
+    EvalAdv,
 }
 
 impl Mode {
-    /// The branch whose parameters the pass reads (evaluation reads the clean one).
+    /// The branch whose parameters (and, in evaluation, running statistics) the pass reads.
     pub fn branch(self) -> Branch {
         match self {
             Mode::Train(b) => b,
             Mode::Eval => Branch::Clean,
+            Mode::EvalAdv => Branch::Adv,
         }
     }
 }

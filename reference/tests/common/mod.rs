@@ -187,10 +187,7 @@ pub fn compare_param_grads(
 pub fn relu_margin(mlp: &Mlp<f64>, fwd: &Forward<f64>) -> f64 {
     let mut margin = f64::INFINITY;
     for (l, layer) in mlp.backbone.iter().enumerate() {
-        let bn = match fwd.mode {
-            Mode::Train(Branch::Adv) => &layer.bn.adv,
-            _ => &layer.bn.clean,
-        };
+        let bn = layer.bn.branch(fwd.mode.branch());
         let pre = &fwd.bn[l].x_hat * &bn.gamma + &bn.beta;
         margin = margin.min(pre.iter().fold(f64::INFINITY, |m, v| m.min(v.abs())));
     }
