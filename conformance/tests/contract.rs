@@ -6,6 +6,8 @@
 //! all four implementations); the seed follows the conformance suite's
 //! (`PROPTEST_RNG_SEED`, `CLAE_SUITE_RANDOM=1`). Failing calls are kept in
 //! `conformance/proptest-regressions/contract.txt` and replayed first.
+//! `cargo test conformance` (or `contract`) at the workspace root runs it
+//! too; another filter skips it with one line.
 
 use clae_conformance::contract::{calls, run, Tally};
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
@@ -14,6 +16,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 fn main() -> ExitCode {
+    if !clae_conformance::suite::selected("contract") {
+        return ExitCode::SUCCESS;
+    }
     let cases = std::env::var("CLAE_CONTRACT_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -150,7 +150,7 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
     use clae_conformance::backend::{Backend, Model, Precision, StepKind, Torch};
     use clae_conformance::json::state_from_json;
     use clae_conformance::metrics::{below_threshold, compare_signs, compare_views, Tolerance};
-    use clae_conformance::suite::kinks;
+    use clae_conformance::suite::conditioning::{conditioning, f32_relu_flip_risk};
     use clae_conformance::vectors::typed;
     use clae_reference::adversarial::QStart;
     use clae_reference::encoder::{Branch, Mode};
@@ -196,18 +196,17 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
                 && [(&p, clean), (&q, clean), (start, adv)]
                     .iter()
                     .any(|(x, m)| {
-                        kinks::f32_ill_conditioned(&model, x, *m)
-                            || kinks::f32_relu_flip_risk(&model, x, *m)
+                        conditioning(&model, x, *m).f32_ill() || f32_relu_flip_risk(&model, x, *m)
                     });
             let n2 = [(&p, clean), (&q, clean), (start, adv)]
                 .iter()
-                .any(|(x, m)| kinks::pair_ill_conditioned(&model, x, *m, u, tol.one_step));
+                .any(|(x, m)| conditioning(&model, x, *m).pair_ill(u, tol.one_step));
             if f32_risky || n2 {
                 skipped.push(v.name.clone());
             }
             let z_p = be.embed(&model, &p, clean).unwrap();
             let z_q = be.embed(&model, &q, clean).unwrap();
-            if !(precision == Precision::F32 && kinks::f32_ill_conditioned(&model, &p, clean)) {
+            if !(precision == Precision::F32 && conditioning(&model, &p, clean).f32_ill()) {
                 check("Z_P", z_p.as_slice().unwrap(), &want.z_p.data);
                 check("Z_Q", z_q.as_slice().unwrap(), &want.z_q.data);
             }

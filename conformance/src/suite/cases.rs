@@ -1,57 +1,76 @@
-//! What the suite generates: a configuration (sizes, hyper-parameters, loss,
-//! optimizer, attack) and a batch of data of one of several kinds, with the
-//! `proptest` strategies that draw them.
+//! What the suites generate: a configuration (sizes, hyper-parameters, loss,
+//! optimizer, attack), a kind of data and, for the corner suite, a change to
+//! the encoder, with the `proptest` strategies that draw them.
+//!
+//! * [`main_case`] draws only well-conditioned configurations (the static
+//!   conditions, per precision), and [`well_conditioned_case`] adds the
+//!   conditions that depend on the data and the model as a filter
+//!   ([`super::conditioning::well_conditioned`]).
+//! * [`corner_case`] draws exactly what the main suite leaves out.
 
-use crate::backend::{Model, StepKind};
+use super::conditioning::{well_conditioned, Ill};
+use crate::backend::{Model, Precision, StepKind};
 use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};
-use clae_reference::encoder::{Mlp, MlpConfig};
+use clae_reference::encoder::{Branch, Mlp, MlpConfig, Mode};
 use clae_reference::loss::LossKind;
 use clae_reference::optim::OptimizerConfig;
 use clae_reference::rng::Rng;
 use clae_reference::step::ClaeConfig;
 use ndarray::Array2;
 use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
-/// The kinds of data docs/SPEC.md's properties must hold on.
+/// The kinds of data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
     /// Standard normal rows; `Q = 0.9 P + 0.3 noise`.
     Gaussian,
     /// Every row a small perturbation of one common row, of relative size
-    /// [`Case::spread`]: `1e-3` between `f64` backends, `5e-2` when an
-    /// `f32` backend takes part (and then `tau >= 0.1`, see
-    /// [`crate::suite::properties::Pair::prepare`]). The gradients of
-    /// near-duplicates are differences of nearly equal vectors weighted by
-    /// `1/tau` (and BatchNorm divides by their spread), so their rounding
-    /// error is about `u / (tau · spread)` relative: `1e-11` for `f64` at
-    /// `tau = 0.01`, but `6e-4` for `f32` at `tau = 0.01` and spread `1e-2`
-    /// — beyond docs/SPEC.md §8's `1e-4` for any `f32` implementation. With `tau >=
-    /// 0.1` and `5e-2` it is `1e-5`.
+    /// [`Case::spread`]: `1e-3` between `f64` backends, `5e-2` when an `f32`
+    /// backend takes part (with `tau >= 0.1`). Their gradients are
+    /// differences of nearly equal vectors weighted by `1/tau`, with
+    /// rounding error about `u / (tau · spread)` relative: `1e-11` in `f64`
+    /// at `tau = 0.01`, `1e-5` in `f32` at `tau = 0.1`, but `6e-4` in `f32`
+    /// at `tau = 0.01` and spread `1e-2`, beyond docs/SPEC.md §8's `1e-4`.
     NearDuplicates,
-    /// Gaussian, with one row of each view exactly zero (before any
-    /// normalisation). One, not several: two zero images are duplicates,
-    /// whose gradients cancel analytically, leaving both backends with
-    /// rounding noise of arbitrary sign where docs/SPEC.md §8's relative measure has
-    /// no scale to work with.
-    ZeroRows,
-    /// Gaussian times `1e3`.
-    Large,
     /// Gaussian, with row 0 of `Q` equal to row 0 of `P`.
     SharedRow,
+    /// Corner: Gaussian with this many rows of each view exactly zero
+    /// (several zero rows are duplicate images).
+    ZeroRows(usize),
+    /// Corner: Gaussian times `1e3`.
+    Large,
+    /// Corner: every row one common row plus noise of relative size `1e-7`,
+    /// so that every BatchNorm feature's batch values coincide to rounding.
+    Coinciding,
+}
+
+/// A change the corner suite makes to the initial encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tweak {
+    /// None.
+    None,
+    /// The first bias of the head moved so that image 0 of `Q_start`'s
+    /// first head pre-activation is 0 in the adv branch: a ReLU at its kink.
+    Kink,
+    /// The head's first biases so negative that every head ReLU is off: all
+    /// embeddings are one vector.
+    DeadHead,
 }
 
 /// One generated configuration plus the seed of its data and parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
-    /// `N` in `2..=64`.
+    /// `N`.
     pub n: usize,
-    /// `d` in `1..=64`.
+    /// `d`.
     pub d: usize,
-    /// `D_in` in `1..=64`.
+    /// `D_in`.
     pub d_in: usize,
     /// Backbone depth in `0..=3`.
     pub depth: usize,
-    /// Hidden width in `1..=64`.
+    /// Hidden width.
     pub hidden: usize,
     /// `tau` in `[0.01, 2]` (log-uniform).
     pub tau: f64,
@@ -71,22 +90,21 @@ pub struct Case {
     pub pgd_steps: usize,
     /// Which data.
     pub data: DataKind,
+    /// A change to the initial encoder (corner suite).
+    pub tweak: Tweak,
     /// Seed of the data and the initial parameters.
     pub seed: u64,
-    /// Whether an `f32` backend takes part (set by the pair, not drawn):
-    /// widens [`DataKind::NearDuplicates`].
+    /// Whether an `f32` backend takes part: selects the near-duplicates'
+    /// spread and `tau` floor, and the precision the conditions are
+    /// computed for.
     pub f32_involved: bool,
 }
 
-/// The full configuration space of the issue.
-pub fn any_case() -> impl Strategy<Value = Case> {
-    let sizes = (
-        2usize..=64,
-        1usize..=64,
-        1usize..=64,
-        0usize..=3,
-        1usize..=64,
-    );
+/// The draws every strategy shares: hyper-parameters and the discrete
+/// choices, sizes and data left to the caller.
+#[allow(clippy::type_complexity)]
+fn common() -> impl Strategy<Value = ((f64, f64, f64), (LossKind, bool, QStart, bool, usize, u64))>
+{
     // log10(tau) in [log10 0.01, log10 2]
     let hyper = (
         -2.0f64..=std::f64::consts::LOG10_2,
@@ -103,58 +121,178 @@ pub fn any_case() -> impl Strategy<Value = Case> {
         prop_oneof![Just(QStart::P), Just(QStart::Q)],
         any::<bool>(),
         prop_oneof![3 => Just(0usize), 2 => 1usize..=5],
-        prop_oneof![
-            3 => Just(DataKind::Gaussian),
-            1 => Just(DataKind::NearDuplicates),
-            1 => Just(DataKind::ZeroRows),
-            1 => Just(DataKind::Large),
-            1 => Just(DataKind::SharedRow),
-        ],
         any::<u64>(),
     );
-    (sizes, hyper, kinds).prop_map(
-        |(
-            (n, d, d_in, depth, hidden),
-            (log_tau, eps, alpha),
-            (loss, sgd, q_start, clamp, pgd_steps, data, seed),
-        )| {
-            Case {
-                n,
-                d,
-                d_in,
-                depth,
-                hidden,
-                tau: 10f64.powf(log_tau),
-                eps,
-                alpha,
-                loss,
-                sgd,
-                q_start,
-                clamp,
-                pgd_steps,
-                data,
-                seed,
-                f32_involved: false,
+    (hyper, kinds)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    (n, d, d_in, depth, hidden): (usize, usize, usize, usize, usize),
+    (log_tau, eps, alpha): (f64, f64, f64),
+    (loss, sgd, q_start, clamp, pgd_steps, seed): (LossKind, bool, QStart, bool, usize, u64),
+    data: DataKind,
+    tweak: Tweak,
+    f32_involved: bool,
+) -> Case {
+    Case {
+        n,
+        d,
+        d_in,
+        depth,
+        hidden,
+        tau: 10f64.powf(log_tau),
+        eps,
+        alpha,
+        loss,
+        sgd,
+        q_start,
+        clamp,
+        pgd_steps,
+        data,
+        tweak,
+        seed,
+        f32_involved,
+    }
+}
+
+/// The main suite's configurations for a pair whose coarser precision is
+/// `precision`, with the conditions that do not depend on the data: `N` in
+/// `3..=64` (at `N = 2` BatchNorm's backward is a cancellation residue),
+/// `d` in `2..=64` (at `d = 1` the gradient through the normalisation is
+/// zero analytically), `D_in` in `1..=64`, depth `0..=3`, hidden width
+/// `2..=64`; Gaussian rows, near-duplicates (spread and `tau` floor per
+/// precision, see [`DataKind::NearDuplicates`]; for `f32` without
+/// BatchNorm) or a row shared by `P` and `Q` — no zero rows, no `1e3`
+/// magnitudes.
+pub fn main_case(precision: Precision) -> impl Strategy<Value = Case> {
+    let f32_involved = precision == Precision::F32;
+    let sizes = (
+        3usize..=64,
+        2usize..=64,
+        1usize..=64,
+        0usize..=3,
+        2usize..=64,
+    );
+    let data = prop_oneof![
+        3 => Just(DataKind::Gaussian),
+        1 => Just(DataKind::NearDuplicates),
+        1 => Just(DataKind::SharedRow),
+    ];
+    (sizes, common(), data).prop_map(move |(sizes, (hyper, kinds), data)| {
+        let mut c = assemble(sizes, hyper, kinds, data, Tweak::None, f32_involved);
+        if f32_involved && data == DataKind::NearDuplicates {
+            // u / (tau spread) below 1e-5; and no BatchNorm, whose centring
+            // of features spread 5e-2 about their mean has kappa_bn about
+            // 1 / 5e-2 = 20, above f32's limit of 1e-6 / 2^-24 = 17
+            c.tau = c.tau.max(0.1);
+            c.depth = 0;
+        }
+        c
+    })
+}
+
+/// [`main_case`] with the encoder without BatchNorm (`depth = 0`), so that a
+/// dependence across rows cannot come from batch statistics.
+pub fn case_without_bn(precision: Precision) -> impl Strategy<Value = Case> {
+    main_case(precision).prop_map(|c| Case { depth: 0, ..c })
+}
+
+/// Draws and rejections of [`well_conditioned_case`], per precision and
+/// condition (`None`: accepted).
+static DRAWS: Mutex<BTreeMap<(Precision, Option<Ill>), usize>> = Mutex::new(BTreeMap::new());
+
+/// [`main_case`] filtered by [`well_conditioned`] over `steps` training
+/// steps: the main suite's generator. Every draw is counted
+/// ([`rejections`]).
+pub fn well_conditioned_case(precision: Precision, steps: usize) -> impl Strategy<Value = Case> {
+    main_case(precision).prop_filter("ill-conditioned (suite::conditioning)", move |c| {
+        let verdict = well_conditioned(c, steps).err();
+        *DRAWS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((precision, verdict))
+            .or_default() += 1;
+        verdict.is_none()
+    })
+}
+
+/// The generator's draws so far: per precision, `(accepted, rejections
+/// per condition)`.
+pub fn rejections() -> BTreeMap<Precision, (usize, BTreeMap<Ill, usize>)> {
+    let draws = DRAWS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: BTreeMap<Precision, (usize, BTreeMap<Ill, usize>)> = BTreeMap::new();
+    for (&(precision, verdict), &count) in draws.iter() {
+        let entry = out.entry(precision).or_default();
+        match verdict {
+            None => entry.0 += count,
+            Some(ill) => *entry.1.entry(ill).or_default() += count,
+        }
+    }
+    out
+}
+
+/// The corners the main suite does not draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Corner {
+    PairBatchNorm,
+    OneDim,
+    WidthOne,
+    Coinciding,
+    ReluKink,
+    ZeroRows,
+    Large,
+    Identical,
+}
+
+/// The corner suite's configurations: each case is a [`main_case`]-like
+/// draw (over `N` in `2..=64`, `d`, `D_in`, hidden in `1..=64`) with one
+/// corner forced — `N = 2` with BatchNorm, `d = 1`, width-1 layers,
+/// coinciding BatchNorm features, a ReLU at its kink, zero rows, `1e3`
+/// magnitudes, identical embeddings. [`Case::corners`] names what a case
+/// is.
+pub fn corner_case(precision: Precision) -> impl Strategy<Value = Case> {
+    let f32_involved = precision == Precision::F32;
+    let sizes = (
+        2usize..=64,
+        1usize..=64,
+        1usize..=64,
+        0usize..=3,
+        1usize..=64,
+    );
+    let corner = prop_oneof![
+        Just(Corner::PairBatchNorm),
+        Just(Corner::OneDim),
+        Just(Corner::WidthOne),
+        Just(Corner::Coinciding),
+        Just(Corner::ReluKink),
+        Just(Corner::ZeroRows),
+        Just(Corner::Large),
+        Just(Corner::Identical),
+    ];
+    (sizes, common(), corner, 1usize..=64).prop_map(
+        move |((n, d, d_in, depth, hidden), (hyper, kinds), corner, zeros)| {
+            let mut sizes = (n, d, d_in, depth, hidden);
+            let (mut data, mut tweak) = (DataKind::Gaussian, Tweak::None);
+            match corner {
+                Corner::PairBatchNorm => {
+                    sizes.0 = 2;
+                    sizes.3 = depth.max(1);
+                }
+                Corner::OneDim => sizes.1 = 1,
+                Corner::WidthOne => sizes.4 = 1,
+                Corner::Coinciding => {
+                    data = DataKind::Coinciding;
+                    sizes.3 = depth.max(1);
+                }
+                Corner::ReluKink => tweak = Tweak::Kink,
+                Corner::ZeroRows => data = DataKind::ZeroRows(zeros.min(n)),
+                Corner::Large => data = DataKind::Large,
+                Corner::Identical => tweak = Tweak::DeadHead,
             }
+            assemble(sizes, hyper, kinds, data, tweak, f32_involved)
         },
     )
-}
-
-/// Like [`any_case`] but with `d >= 2`, for every property that
-/// differentiates through the encoder's normalisation. At `d = 1` every
-/// embedding is `±1` and its derivative w.r.t. the pre-normalisation output
-/// is zero analytically: the reference's tangent projection returns exact
-/// zeros, autograd through `F.normalize` returns rounding noise, and the
-/// sign of noise is arbitrary (docs/SPEC.md §8 has no scale to excuse it by, since
-/// `max|g_ref| = 0`). The losses and embeddings are still checked at `d = 1`.
-pub fn encoder_case() -> impl Strategy<Value = Case> {
-    any_case().prop_map(|c| Case { d: c.d.max(2), ..c })
-}
-
-/// Like [`encoder_case`] but with an encoder without BatchNorm (`depth = 0`), so
-/// that a dependence across rows cannot come from batch statistics.
-pub fn case_without_bn() -> impl Strategy<Value = Case> {
-    encoder_case().prop_map(|c| Case { depth: 0, ..c })
 }
 
 impl Case {
@@ -163,9 +301,36 @@ impl Case {
         MlpConfig::new(self.d_in, self.hidden, self.depth, self.d)
     }
 
+    /// What makes this case a corner (empty for a main-suite case).
+    pub fn corners(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.n == 2 && self.depth > 0 {
+            out.push("N = 2 BatchNorm");
+        }
+        if self.d == 1 {
+            out.push("d = 1");
+        }
+        if self.hidden == 1 {
+            out.push("width 1");
+        }
+        match self.data {
+            DataKind::Coinciding => out.push("coinciding features"),
+            DataKind::ZeroRows(_) => out.push("zero rows"),
+            DataKind::Large => out.push("1e3 magnitudes"),
+            _ => {}
+        }
+        match self.tweak {
+            Tweak::Kink => out.push("ReLU kink"),
+            Tweak::DeadHead => out.push("identical embeddings"),
+            Tweak::None => {}
+        }
+        out
+    }
+
     /// The initial encoder: the reference's seeded initialisation, with the
     /// BatchNorm state moved off PyTorch's initial values (γ, β, running
-    /// statistics drawn at random) so that those code paths are exercised.
+    /// statistics drawn at random) so that those code paths are exercised,
+    /// and the case's [`Tweak`].
     pub fn model(&self) -> Model {
         let config = self.mlp_config();
         let mut mlp = Mlp::<f64>::new(config, self.seed).expect("generated configs are valid");
@@ -176,6 +341,27 @@ impl Case {
                 bn.beta.mapv_inplace(|_| rng.uniform_in(-0.2, 0.2));
                 bn.running_mean.mapv_inplace(|_| rng.uniform_in(-0.5, 0.5));
                 bn.running_var.mapv_inplace(|_| rng.uniform_in(0.5, 2.0));
+            }
+        }
+        if self.tweak != Tweak::None {
+            let (p, q) = self.batches(self.d_in, 1).remove(0);
+            let x = if self.q_start == QStart::P { &p } else { &q };
+            // the head's pre-activations of Q_start in the adv branch
+            let head_in = mlp
+                .forward(x.view(), Mode::Train(Branch::Adv))
+                .map(|f| f.acts.last().cloned().unwrap_or_else(|| x.clone()))
+                .expect("the reference runs a generated case");
+            let h = head_in.dot(&mlp.head[0].weight.t()) + &mlp.head[0].bias;
+            match self.tweak {
+                Tweak::Kink => mlp.head[0].bias[0] -= h[[0, 0]],
+                Tweak::DeadHead => {
+                    // far below every pre-activation any view within eps reaches
+                    let reach = h.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let w = mlp.head[0].weight.iter().fold(0.0f64, |m, v| m + v.abs());
+                    let margin = 2.0 * reach + 10.0 * (1.0 + w * self.scale());
+                    mlp.head[0].bias.mapv_inplace(|b| b - margin);
+                }
+                Tweak::None => {}
             }
         }
         Model {
@@ -195,42 +381,41 @@ impl Case {
 
     /// Relative spread of near-duplicate rows (see [`DataKind::NearDuplicates`]).
     pub fn spread(&self) -> f64 {
-        if self.f32_involved {
-            5e-2
-        } else {
-            1e-3
+        match (self.data, self.f32_involved) {
+            (DataKind::Coinciding, _) => 1e-7,
+            (_, true) => 5e-2,
+            (_, false) => 1e-3,
         }
     }
 
     /// `count` batches `(P, Q)` of `N x width` encoder inputs of this case's data kind.
     pub fn batches(&self, width: usize, count: usize) -> Vec<(Array2<f64>, Array2<f64>)> {
         let mut rng = Rng::new(self.seed ^ 0xDA7A);
-        (0..count)
-            .map(|_| self.batch(width, self.spread(), &mut rng))
-            .collect()
+        (0..count).map(|_| self.batch(width, &mut rng)).collect()
     }
 
-    fn batch(&self, width: usize, spread: f64, rng: &mut Rng) -> (Array2<f64>, Array2<f64>) {
+    fn batch(&self, width: usize, rng: &mut Rng) -> (Array2<f64>, Array2<f64>) {
         let n = self.n;
         let mut p = Array2::from_shape_simple_fn((n, width), || rng.normal());
         let noise = Array2::from_shape_simple_fn((n, width), || rng.normal());
         let mut q = &p * 0.9 + &noise * 0.3;
         match self.data {
             DataKind::Gaussian => {}
-            DataKind::NearDuplicates => {
+            DataKind::NearDuplicates | DataKind::Coinciding => {
                 let base: Vec<f64> = (0..width).map(|_| rng.normal()).collect();
                 for m in [&mut p, &mut q] {
                     for mut row in m.rows_mut() {
                         for (v, b) in row.iter_mut().zip(&base) {
-                            *v = b + spread * rng.normal();
+                            *v = b + self.spread() * rng.normal();
                         }
                     }
                 }
             }
-            DataKind::ZeroRows => {
+            DataKind::ZeroRows(count) => {
                 for m in [&mut p, &mut q] {
-                    let i = rng.below(n);
-                    m.row_mut(i).fill(0.0);
+                    for i in rng.permutation(n).into_iter().take(count) {
+                        m.row_mut(i).fill(0.0);
+                    }
                 }
             }
             DataKind::Large => {
@@ -245,27 +430,22 @@ impl Case {
         (p, q)
     }
 
-    /// Embedding-like loss inputs `(Z_P, Z_Q)`, `N x d`: the data's rows
-    /// normalised as the encoder would (zero rows stay zero); for SimCLR,
-    /// whose loss normalises its own inputs, the raw rows (and at `d = 1`
-    /// the raw rows for every loss).
+    /// Loss inputs `(Z_P, Z_Q)`, `N x d`: the data's rows normalised as the
+    /// encoder would (zero rows stay zero), or raw for SimCLR (whose loss
+    /// normalises its own inputs), at `d = 1` (where unit rows are all ±1,
+    /// duplicates) and for `1e3` magnitudes. With identical embeddings
+    /// every row is the first.
     pub fn embeddings(&self) -> (Array2<f64>, Array2<f64>) {
-        // At d = 1 a unit row is ±1, so near-duplicates would be exact
-        // duplicates (whose gradients cancel to noise): use Gaussian rows.
-        let data = if self.d == 1 && self.data == DataKind::NearDuplicates {
-            DataKind::Gaussian
-        } else {
-            self.data
-        };
-        let case = Case {
-            data,
-            ..self.clone()
-        };
-        let (p, q) = case.batch(self.d, self.spread(), &mut Rng::new(self.seed ^ 0xE111));
-        // SimCLR normalises its own inputs; at d = 1 unit rows are ±1 and a
-        // batch of them is all duplicates (gradients cancel to noise), so
-        // Plain and UEL get the raw rows there too.
-        if self.loss == LossKind::SimClr || self.d == 1 {
+        let (mut p, mut q) = self.batch(self.d, &mut Rng::new(self.seed ^ 0xE111));
+        if self.tweak == Tweak::DeadHead {
+            let first = p.row(0).to_owned();
+            for m in [&mut p, &mut q] {
+                for mut row in m.rows_mut() {
+                    row.assign(&first);
+                }
+            }
+        }
+        if self.loss == LossKind::SimClr || self.d == 1 || self.data == DataKind::Large {
             return (p, q);
         }
         // u / max(‖u‖, 1e-12) per row, as the encoder's output normalisation

@@ -4,7 +4,7 @@
 //! of the pair on its own.
 
 use super::cases::Case;
-use super::properties::{Outcome, Pair};
+use super::pair::{Outcome, Pair};
 use crate::backend::{Backend, StepKind};
 use crate::metrics::{record, sign};
 use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};

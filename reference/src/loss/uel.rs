@@ -68,6 +68,24 @@ fn logsumexp_without<F: Real>(row: ArrayView1<'_, F>, skip: usize) -> F {
     logsumexp(r.view())
 }
 
+/// `exp(s[c] − lse)` for a row `s` with `lse = logsumexp(s)`: its softmax.
+/// Where the row maximum `m` is so large that `lse = m + ln Σ` keeps too
+/// little of `ln Σ` (`u |m| > 1e-3`, `u` the unit roundoff: tiny `tau` or
+/// huge embeddings — e.g. `m + ln 2` rounds to `m` beyond `2^53`, and two
+/// tied logits would each get probability 1), the same softmax as
+/// `exp(s − m) / Σ exp(s − m)` instead. Below that bound the first form is
+/// kept (it is what the conformance vectors were generated with).
+fn softmax_from<F: Real>(row: ArrayView1<'_, F>, lse: F) -> Array1<F> {
+    let m = row.fold(F::neg_infinity(), |m, &v| if v > m { v } else { m });
+    if m.is_finite() && m.abs() * F::epsilon() > F::c(2e-3) {
+        let e = row.mapv(|v| (v - m).exp());
+        let total = e.sum();
+        e / total
+    } else {
+        row.mapv(|v| (v - lse).exp())
+    }
+}
+
 /// One row `a` of the criterion: `l_a` and `∂l_a/∂s[a,·]` into `grad`
 /// (the equations of the module docs), from the row `row = s[a,·]` of the
 /// `2N x 2N` logits (diagonal masked).
@@ -82,7 +100,7 @@ fn uel_row<F: Real>(
     let lse = logsumexp(row);
     let pa = pos(a, n);
     // p[c] = softmax over c ≠ a (the masked diagonal gives exp(−inf) = 0)
-    let p = row.mapv(|v| (v - lse).exp());
+    let p = softmax_from(row, lse);
     let is_neg = |b: usize| b != a && b != pa;
     // the negative with p > 1/2, if there is one (there is at most one)
     let dominant = (0..two_n).find(|&b| is_neg(b) && p[b] > half);
@@ -104,9 +122,12 @@ fn uel_row<F: Real>(
         }
         Some(b) => {
             let lse_excl = logsumexp_without(row, b);
+            let mut masked = row.to_owned();
+            masked[b] = F::neg_infinity();
+            let q_all = softmax_from(masked.view(), lse_excl);
             row_loss -= lse_excl - lse; // −log(1 − p[a,b*])
             for c in (0..two_n).filter(|&c| c != a && c != b) {
-                let q = (row[c] - lse_excl).exp();
+                let q = q_all[c];
                 grad[c] += p[c] * (F::one() - odds_rest) - p[b] * q;
             }
             grad[b] = p[b] * (F::c(2.0) - odds_rest);
