@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch eager baseline for the overhead report: the plain step, the CLAE
-lean step and the CLAE authors' step (docs/SPEC.md §5 and 6), written as an ordinary
+lean step, the CLAE authors' step (docs/SPEC.md §5 and 6) and the peers' ACL-style
+and RoCL-style steps (PGD in model.eval(), docs/SPEC.md §6.1), written as an ordinary
 PyTorch user writes them -- torch.nn modules, torch.optim, F.cross_entropy,
 F.normalize, torch.autograd.grad -- for the same encoders as clae-accelerated
 (the dual-BN MLP of docs/SPEC.md §2 and the CIFAR ResNet-18 of accelerated/src/resnet.rs).
@@ -27,7 +28,13 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 DEFAULT_TAU = {"plain": 0.1, "simclr": 0.5, "uel": 0.1}
-STEP_KINDS = ("plain", "lean", "authors")
+STEP_KINDS = ("plain", "lean", "authors", "acl", "rocl")
+# The peers' public defaults (clae_reference::peers::PeerPgd::acl / rocl): PGD-k, L-inf
+# radius eps, step eta, uniform random start, pixels clamped to [0, 1]; RoCL's weight 1/256.
+PEER_DEFAULTS = {
+    "acl": {"eps": 8 / 255, "eta": 2 / 255, "steps": 5, "clamp": [0.0, 1.0]},
+    "rocl": {"eps": 0.0314, "eta": 0.007, "steps": 7, "clamp": [0.0, 1.0], "weight": 1 / 256},
+}
 
 
 # ---------------------------------------------------------------- encoders (docs/SPEC.md §2)
@@ -166,10 +173,11 @@ LOSSES = {"plain": plain_loss, "simclr": simclr_loss, "uel": uel_loss}
 class Step:
     """One encoder, its optimizer and the CLAE hyper-parameters (Q_start = P, FGSM, no clamp)."""
 
-    def __init__(self, model, opt, loss, tau, eps, alpha):
+    def __init__(self, model, opt, loss, tau, eps, alpha, peers=None):
         self.model, self.opt, self.loss = model, opt, LOSSES[loss]
         self.is_plain_loss = loss == "plain"
         self.tau, self.eps, self.alpha = tau, eps, alpha
+        self.peers = {k: dict(v, **(peers or {}).get(k, {})) for k, v in PEER_DEFAULTS.items()}
         self.adv_bns = [m.adv for m in model.modules() if isinstance(m, DualBatchNorm)]
 
     def plain(self, p, q):
@@ -230,9 +238,70 @@ class Step:
         self.opt.step()
         return torch.stack([loss_clean, loss_adv, total]).detach().tolist()
 
-    def run(self, kind, p, q):
+    # ------------------------------------------------------------ the peers (docs/SPEC.md §6.1)
+
+    def pgd(self, starts, objective, noise, peer):
+        """PGD as the peers run it, in model.eval() (BatchNorm on running statistics, none
+        updated): X0 = clamp(S + eps U), then k times X = clamp(min(max(X + eta sign(grad),
+        S - eps), S + eps)) with the gradient of objective(Xs) from torch.autograd.grad.
+        U: the given unit noise in [-1, 1) (one tensor per start), or fresh uniform noise."""
+        eps, eta, (lo, hi) = peer["eps"], peer["eta"], peer["clamp"]
+        self.model.eval()
+        try:
+            if noise is None:
+                noise = [torch.empty_like(s).uniform_(-1.0, 1.0) for s in starts]
+            xs = [(s + eps * u).clamp(lo, hi) for s, u in zip(starts, noise)]
+            for _ in range(peer["steps"]):
+                xs = [x.detach().requires_grad_(True) for x in xs]
+                grads = torch.autograd.grad(objective(xs), xs)
+                with torch.no_grad():
+                    xs = [torch.min(torch.max(x + eta * g.sign(), s - eps), s + eps).clamp(lo, hi)
+                          for x, g, s in zip(xs, grads, starts)]
+        finally:
+            self.model.train()
+        return [x.detach() for x in xs]
+
+    def train_on(self, loss_clean, loss_adv, total):
+        self.opt.zero_grad()
+        total.backward()
+        self.opt.step()
+        return torch.stack([loss_clean, loss_adv, total]).detach().tolist()
+
+    def acl(self, p, q, noise=None):
+        """ACL-style (dual stream): PGD on both views against L(f_adv(X1), f_adv(X2)), then
+        (L(f(P), f(Q)) + L(f_adv(X1), f_adv(X2))) / 2 through the adv BatchNorm branch."""
+        peer = self.peers["acl"]
+        x1, x2 = self.pgd([p, q], lambda xs: self.loss(self.model(xs[0], adv=True),
+                                                       self.model(xs[1], adv=True), self.tau),
+                          noise, peer)
+        z_p, z_q = self.model(p), self.model(q)
+        loss_clean = self.loss(z_p, z_q, self.tau)
+        loss_adv = self.loss(self.model(x1, adv=True), self.model(x2, adv=True), self.tau)
+        return self.train_on(loss_clean, loss_adv, 0.5 * loss_clean + 0.5 * loss_adv)
+
+    def rocl(self, p, q, noise=None):
+        """RoCL-style (instance-wise): PGD on P against its clean positive sg(f(Q)), then
+        L(f(P), f(Q)) + weight L(f(Q), f_adv(X))."""
+        peer = self.peers["rocl"]
+        self.model.eval()
+        with torch.no_grad():
+            anchors = self.model(q)
+        (x,) = self.pgd([p], lambda xs: self.loss(anchors, self.model(xs[0], adv=True), self.tau),
+                        noise, peer)
+        z_p, z_q = self.model(p), self.model(q)
+        loss_clean = self.loss(z_p, z_q, self.tau)
+        loss_adv = self.loss(z_q, self.model(x, adv=True), self.tau)
+        return self.train_on(loss_clean, loss_adv, loss_clean + peer["weight"] * loss_adv)
+
+    def run(self, kind, p, q, noise=None):
         """One step of `kind`; returns [loss_clean, loss_adv or None, total] (one transfer)."""
-        return self.plain(p, q) if kind == "plain" else self.clae(p, q, kind)
+        if kind == "plain":
+            return self.plain(p, q)
+        if kind == "acl":
+            return self.acl(p, q, noise)
+        if kind == "rocl":
+            return self.rocl(p, q, noise)
+        return self.clae(p, q, kind)
 
 
 def make_optimizer(model, cfg):
@@ -288,13 +357,20 @@ def cmd_check(args):
     model.load_state_dict(state, strict=False)
     loss = spec["loss"]
     step = Step(model, make_optimizer(model, spec["optimizer"]), loss,
-                spec.get("tau", DEFAULT_TAU[loss]), spec.get("eps", 0.03), spec.get("alpha", 1.0))
+                spec.get("tau", DEFAULT_TAU[loss]), spec.get("eps", 0.03), spec.get("alpha", 1.0),
+                spec.get("peers"))
     p, q = (torch.tensor(spec[v], dtype=dtype, device=device).reshape([-1] + image_shape)
             for v in ("p", "q"))
     kind = spec["step"]
     if kind not in STEP_KINDS:
         raise SystemExit(f"unknown step kind {kind!r}")
-    losses = [step.run(kind, p, q) for _ in range(int(spec.get("steps", 1)))]
+    # the peers' random start: the unit noise given (rows of the flattened views, ACL's P then
+    # Q), the same at every step as the reference's seeded start
+    noise = None
+    if "noise" in spec:
+        u = torch.tensor(spec["noise"], dtype=dtype, device=device).reshape([-1] + image_shape)
+        noise = list(u.split(p.shape[0])) if kind == "acl" else [u]
+    losses = [step.run(kind, p, q, noise) for _ in range(int(spec.get("steps", 1)))]
     json.dump({"losses": losses, "state": exported_state(model)}, sys.stdout)
     sys.stdout.write("\n")
 
@@ -414,7 +490,8 @@ def add_timing_parser(sub, name, help_text):
                    help="mlp:D_IN,HIDDEN,DEPTH,D or resnet18:D (3x32x32 images)")
     t.add_argument("--n", type=int, required=True, help="batch size N")
     t.add_argument("--loss", choices=sorted(LOSSES), required=True)
-    t.add_argument("--steps", default="plain,lean,authors", help="comma-separated subset of plain,lean,authors")
+    t.add_argument("--steps", default=",".join(STEP_KINDS),
+                   help="comma-separated subset of " + ",".join(STEP_KINDS))
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     t.add_argument("--seed", type=int, default=0)

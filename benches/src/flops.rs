@@ -18,7 +18,33 @@
 //!   input (`D_in = 3072`) is not at the docs/SPEC.md's limit ratios;
 //! * a step ([`StepKind`]) is a list of passes ([`Passes`]) — forwards,
 //!   backward passes of each kind, loss evaluations — plus one optimizer
-//!   update.
+//!   update;
+//! * the peers' attacks (ACL- and RoCL-style steps, `clae_reference::peers`)
+//!   run in evaluation mode: their forward passes (`F_eval`) and input
+//!   gradients (`B_x,eval`) meet a BatchNorm that reads running statistics,
+//!   an affine map with no batch statistics ([`batchnorm_eval`]), and are
+//!   counted apart from the training passes.
+//!
+//! ## The peer steps
+//!
+//! Counted from what `clae_reference::peers` and `clae_accelerated::step`
+//! run, with `k` PGD steps (ACL 5, RoCL 7 by default):
+//!
+//! ```text
+//! ACL   k (2 F_eval + 2 B_x,eval + L)          + 4 F + 4 B_w + 2 L
+//! RoCL  F_eval + k (F_eval + B_x,eval + L)     + 3 F + 3 B_w + 2 L
+//! ```
+//!
+//! ACL's attack moves both views at every step with the gradients of one
+//! loss `L(f_adv(X₁), f_adv(X₂))` (one evaluation, both gradients); RoCL's
+//! computes the anchors `f_clean(Q)` once, without a backward. The training
+//! passes are then the clean pair and the adversarial view(s), one `B_w`
+//! each. The PGD update itself (sign, step, projection, pixel clamp: about
+//! seven elementwise operations per input element and view and step) is not
+//! counted, like CLAE's FGSM update: next to a forward pass (`≥ 2h` FLOPs per
+//! input element) it is bookkeeping. With eval-mode passes as dear as
+//! training ones the idealised ratios are ACL `(4k + 12)/6` and RoCL
+//! `(2k + 10)/6`: 5.33 and 4.0 at the defaults.
 //!
 //! ## Counting convention
 //!
@@ -33,6 +59,7 @@
 //! | Linear `in → out` | `2M·in·out + M·out` (bias) | `2M·in·out` | `2M·in·out + M·out` |
 //! | Conv2d (no bias) | `2·N·Ho·Wo·Cout·Cin·k²` | same | same |
 //! | BatchNorm, training | `7MC + 6C` | `8MC + 2C` | 0 (by-products of the input gradient) |
+//! | BatchNorm, eval (running statistics) | `2MC + 5C` | `MC` | — (the attacks want none) |
 //! | ReLU | `MC` | `MC` | — |
 //! | residual add | `MC` | `MC` (the two branches' gradients are summed) | — |
 //! | global average pool | `N·C·H·W + N·C` | `N·C·H·W` | — |
@@ -64,6 +91,7 @@
 
 use clae_reference::encoder::MlpConfig;
 use clae_reference::loss::LossKind;
+use clae_reference::peers::{AttackBn, PeerConfig, PeerMethod, PeerPgd};
 use std::fmt;
 
 /// The three costs of one layer, in FLOPs.
@@ -131,6 +159,9 @@ pub struct Layer {
     pub reads_input: bool,
     /// Number of trainable scalars (for a dual BatchNorm: one branch's `γ, β`).
     pub params: u64,
+    /// Its costs in evaluation mode, where they differ (a BatchNorm reading
+    /// running statistics, [`batchnorm_eval`]); `None`: the same as `cost`.
+    pub eval: Option<Cost>,
 }
 
 /// Cost of `Linear(in -> out)` on `m` rows.
@@ -201,6 +232,24 @@ pub fn batchnorm(m: u64, c: u64) -> Cost {
     Cost {
         forward: 7 * m * c + 6 * c,
         backward_input: 8 * m * c + 2 * c,
+        weight_grad: 0,
+    }
+}
+
+/// Cost of an evaluation-mode BatchNorm (running statistics) over `m` rows
+/// of `c` features, folded into one affine map `y = s ⊙ x + t` with
+/// `s = γ / √(running_var + eps)`, `t = β − running_mean ⊙ s`: forward
+/// `2MC + 5C`; backward-to-input `dx = s ⊙ g`, `MC` (no batch-statistics
+/// path, and the attack that runs it wants no `dγ`, `dβ`).
+///
+/// ```
+/// use clae_benches::flops::{batchnorm_eval, Cost};
+/// assert_eq!(batchnorm_eval(5, 4), Cost { forward: 60, backward_input: 20, weight_grad: 0 });
+/// ```
+pub fn batchnorm_eval(m: u64, c: u64) -> Cost {
+    Cost {
+        forward: 2 * m * c + 5 * c,
+        backward_input: m * c,
         weight_grad: 0,
     }
 }
@@ -284,6 +333,7 @@ impl EncoderFlops {
                 cost: linear(m, fan_in, h),
                 reads_input: l == 0,
                 params: fan_in * h + h,
+                eval: None,
             });
             layers.push(Layer {
                 name: format!("backbone.{l}.bn"),
@@ -291,6 +341,7 @@ impl EncoderFlops {
                 cost: batchnorm(m, h),
                 reads_input: false,
                 params: 2 * h,
+                eval: Some(batchnorm_eval(m, h)),
             });
             layers.push(Layer {
                 name: format!("backbone.{l}.relu"),
@@ -298,6 +349,7 @@ impl EncoderFlops {
                 cost: elementwise(m * h),
                 reads_input: false,
                 params: 0,
+                eval: None,
             });
             parameters += fan_in * h + h + 4 * h;
             fan_in = h;
@@ -336,6 +388,7 @@ impl EncoderFlops {
                 cost: c.cost(),
                 reads_input: first,
                 params: c.c_out * c.c_in * c.kernel * c.kernel,
+                eval: None,
             });
             c.output()
         };
@@ -346,6 +399,7 @@ impl EncoderFlops {
                 cost: batchnorm(n * hw.0 * hw.1, c),
                 reads_input: false,
                 params: 2 * c,
+                eval: Some(batchnorm_eval(n * hw.0 * hw.1, c)),
             });
         };
         let relu = |layers: &mut Vec<Layer>, name: String, c: u64, hw: (u64, u64)| {
@@ -355,6 +409,7 @@ impl EncoderFlops {
                 cost: elementwise(n * c * hw.0 * hw.1),
                 reads_input: false,
                 params: 0,
+                eval: None,
             });
         };
         let conv_shape = |c_in, c_out, kernel, stride, hw: (u64, u64)| ConvShape {
@@ -417,6 +472,7 @@ impl EncoderFlops {
                     cost: elementwise(n * c_out * hw2.0 * hw2.1),
                     reads_input: false,
                     params: 0,
+                    eval: None,
                 });
                 relu(&mut layers, format!("{p}.relu2"), c_out, hw2);
                 hw = hw2;
@@ -434,6 +490,7 @@ impl EncoderFlops {
             },
             reads_input: false,
             params: 0,
+            eval: None,
         });
         let (h, d) = (shape.head_hidden as u64, shape.d as u64);
         push_head(&mut layers, n, c_in, h, d, false);
@@ -450,6 +507,22 @@ impl EncoderFlops {
     /// `F`: FLOPs of one forward pass.
     pub fn forward(&self) -> u64 {
         self.layers.iter().map(|l| l.cost.forward).sum()
+    }
+
+    /// `F_eval`: FLOPs of one forward pass in evaluation mode (BatchNorm on
+    /// running statistics, [`batchnorm_eval`]), as the peers' attacks run it.
+    ///
+    /// ```
+    /// use clae_benches::flops::EncoderFlops;
+    /// use clae_reference::encoder::MlpConfig;
+    /// let enc = EncoderFlops::mlp(&MlpConfig::new(3, 4, 1, 2), 5);
+    /// assert_eq!(enc.forward_eval(), 654 - 164 + 60);
+    /// ```
+    pub fn forward_eval(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.eval.unwrap_or(l.cost).forward)
+            .sum()
     }
 
     /// FLOPs of the matrix products (linear, conv) in one forward pass.
@@ -472,15 +545,37 @@ impl EncoderFlops {
     /// assert_eq!(enc.backward(BackwardKind::WeightsAndInput), 908 + 120);
     /// ```
     pub fn backward(&self, kind: BackwardKind) -> u64 {
+        self.backward_with(kind, false)
+    }
+
+    /// FLOPs of one backward pass of the given kind through an
+    /// evaluation-mode forward pass (the peers' attacks: [`BackwardKind::Input`]).
+    ///
+    /// ```
+    /// use clae_benches::flops::{BackwardKind, EncoderFlops};
+    /// use clae_reference::encoder::MlpConfig;
+    /// let enc = EncoderFlops::mlp(&MlpConfig::new(3, 4, 1, 2), 5);
+    /// assert_eq!(enc.backward_eval(BackwardKind::Input), 618 - 168 + 20);
+    /// ```
+    pub fn backward_eval(&self, kind: BackwardKind) -> u64 {
+        self.backward_with(kind, true)
+    }
+
+    fn backward_with(&self, kind: BackwardKind, eval: bool) -> u64 {
         self.layers
             .iter()
             .map(|l| {
+                let cost = if eval {
+                    l.eval.unwrap_or(l.cost)
+                } else {
+                    l.cost
+                };
                 let dx = if !l.reads_input || kind.input() {
-                    l.cost.backward_input
+                    cost.backward_input
                 } else {
                     0
                 };
-                let dw = if kind.params() { l.cost.weight_grad } else { 0 };
+                let dw = if kind.params() { cost.weight_grad } else { 0 };
                 dx + dw
             })
             .sum()
@@ -526,6 +621,7 @@ fn push_head(layers: &mut Vec<Layer>, m: u64, fan_in: u64, h: u64, d: u64, reads
         cost: linear(m, fan_in, h),
         reads_input,
         params: fan_in * h + h,
+        eval: None,
     });
     layers.push(Layer {
         name: "head.1".into(),
@@ -533,6 +629,7 @@ fn push_head(layers: &mut Vec<Layer>, m: u64, fan_in: u64, h: u64, d: u64, reads
         cost: elementwise(m * h),
         reads_input: false,
         params: 0,
+        eval: None,
     });
     layers.push(Layer {
         name: "head.2".into(),
@@ -540,6 +637,7 @@ fn push_head(layers: &mut Vec<Layer>, m: u64, fan_in: u64, h: u64, d: u64, reads
         cost: linear(m, h, d),
         reads_input: false,
         params: h * d + d,
+        eval: None,
     });
     layers.push(Layer {
         name: "normalize".into(),
@@ -547,6 +645,7 @@ fn push_head(layers: &mut Vec<Layer>, m: u64, fan_in: u64, h: u64, d: u64, reads
         cost: normalize(m, d),
         reads_input: false,
         params: 0,
+        eval: None,
     });
 }
 
@@ -670,6 +769,35 @@ impl OptimizerKind {
     }
 }
 
+/// A peer method's PGD attack as the FLOP model sees it: how many steps and
+/// in which BatchNorm mode (eps, eta, the random start and the clamp cost
+/// no encoder pass).
+///
+/// ```
+/// use clae_benches::flops::Attack;
+/// use clae_reference::peers::{AttackBn, PeerPgd};
+/// assert_eq!(Attack::of(&PeerPgd::acl()), Attack { steps: 5, bn: AttackBn::Eval });
+/// assert_eq!(Attack::of(&PeerPgd::rocl()).steps, 7);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Attack {
+    /// PGD steps `k`.
+    pub steps: u32,
+    /// BatchNorm during the attack: eval (running statistics, the peers'
+    /// `model.eval()`) or train (batch statistics).
+    pub bn: AttackBn,
+}
+
+impl Attack {
+    /// The attack of a [`PeerPgd`].
+    pub fn of(pgd: &PeerPgd) -> Self {
+        Attack {
+            steps: u32::try_from(pgd.steps).unwrap_or(u32::MAX),
+            bn: pgd.bn,
+        }
+    }
+}
+
 /// A training step, by the passes it runs (docs/SPEC.md §5 and 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StepKind {
@@ -680,18 +808,104 @@ pub enum StepKind {
     /// CLAE step, authors' recipe (for the Plain loss it includes the
     /// recomputation of `f_clean(P)`).
     Authors,
+    /// ACL-style step (`clae_reference::peers`, [`PeerMethod::Acl`]): PGD on
+    /// both views against the loss between them, then the clean and the
+    /// adversarial pair.
+    Acl(Attack),
+    /// RoCL-style step ([`PeerMethod::Rocl`]): PGD on `P` against the clean
+    /// positive `f_clean(Q)`, then the clean pair and the adversarial term.
+    Rocl(Attack),
 }
 
 impl StepKind {
-    /// All three, in report order.
-    pub const ALL: [StepKind; 3] = [StepKind::Plain, StepKind::Lean, StepKind::Authors];
+    /// ACL's defaults ([`PeerPgd::acl`]): PGD-5, eval-mode attack.
+    pub const ACL: StepKind = StepKind::Acl(Attack {
+        steps: 5,
+        bn: AttackBn::Eval,
+    });
+    /// RoCL's defaults ([`PeerPgd::rocl`]): PGD-7, eval-mode attack.
+    pub const ROCL: StepKind = StepKind::Rocl(Attack {
+        steps: 7,
+        bn: AttackBn::Eval,
+    });
 
-    /// Short lower-case name (`plain`, `lean`, `authors`).
+    /// All five, in report order (the peers with their default attacks).
+    pub const ALL: [StepKind; 5] = [
+        StepKind::Plain,
+        StepKind::Lean,
+        StepKind::Authors,
+        StepKind::ACL,
+        StepKind::ROCL,
+    ];
+
+    /// The step of a peer configuration (its method and attack).
+    ///
+    /// ```
+    /// use clae_benches::flops::StepKind;
+    /// use clae_reference::{loss::LossKind, peers::PeerConfig};
+    /// assert_eq!(StepKind::of_peer(&PeerConfig::acl(LossKind::SimClr)), StepKind::ACL);
+    /// assert_eq!(StepKind::of_peer(&PeerConfig::rocl(LossKind::SimClr)), StepKind::ROCL);
+    /// ```
+    pub fn of_peer(cfg: &PeerConfig) -> Self {
+        match cfg.method {
+            PeerMethod::Acl => StepKind::Acl(Attack::of(&cfg.pgd)),
+            PeerMethod::Rocl { .. } => StepKind::Rocl(Attack::of(&cfg.pgd)),
+        }
+    }
+
+    /// The peer configuration a peer step runs: the method's defaults with
+    /// `loss` (and its default `tau`), the attack's step count and
+    /// BatchNorm mode; `None` for plain and CLAE steps.
+    pub fn peer_config(self, loss: LossKind) -> Option<PeerConfig> {
+        let (mut cfg, attack) = match self {
+            StepKind::Acl(a) => (PeerConfig::acl(loss), a),
+            StepKind::Rocl(a) => (PeerConfig::rocl(loss), a),
+            StepKind::Plain | StepKind::Lean | StepKind::Authors => return None,
+        };
+        cfg.pgd.steps = attack.steps as usize;
+        cfg.pgd.bn = attack.bn;
+        Some(cfg)
+    }
+
+    /// Position in [`StepKind::ALL`] (a peer step with another attack takes
+    /// its method's place).
+    pub fn index(self) -> usize {
+        match self {
+            StepKind::Plain => 0,
+            StepKind::Lean => 1,
+            StepKind::Authors => 2,
+            StepKind::Acl(_) => 3,
+            StepKind::Rocl(_) => 4,
+        }
+    }
+
+    /// Short lower-case name (`plain`, `lean`, `authors`, `acl`, `rocl`).
     pub fn name(self) -> &'static str {
         match self {
             StepKind::Plain => "plain",
             StepKind::Lean => "lean",
             StepKind::Authors => "authors",
+            StepKind::Acl(_) => "acl",
+            StepKind::Rocl(_) => "rocl",
+        }
+    }
+
+    /// Name for tables: `plain`, `CLAE lean`, `CLAE authors'`, `ACL (PGD-5)`, `RoCL (PGD-7)`
+    /// (a train-mode attack adds `, train BN`).
+    pub fn label(self) -> String {
+        let peer = |name: &str, a: Attack| {
+            let bn = match a.bn {
+                AttackBn::Eval => "",
+                AttackBn::Train => ", train BN",
+            };
+            format!("{name} (PGD-{}{bn})", a.steps)
+        };
+        match self {
+            StepKind::Plain => "plain".into(),
+            StepKind::Lean => "CLAE lean".into(),
+            StepKind::Authors => "CLAE authors'".into(),
+            StepKind::Acl(a) => peer("ACL", a),
+            StepKind::Rocl(a) => peer("RoCL", a),
         }
     }
 
@@ -703,52 +917,90 @@ impl StepKind {
     /// use clae_reference::loss::LossKind;
     /// let p = StepKind::Lean.passes(LossKind::Uel);
     /// assert_eq!((p.forward, p.backward_input, p.backward_weights), (4, 1, 3));
+    /// // ACL, PGD-5: 5 × (2 F_eval + 2 B_x,eval + L), then 4 F + 4 B_w + 2 L
+    /// let a = StepKind::ACL.passes(LossKind::SimClr);
+    /// assert_eq!((a.forward_eval, a.backward_input_eval, a.forward, a.backward_weights, a.losses), (10, 10, 4, 4, 7));
+    /// // RoCL, PGD-7: F_eval (the anchors) + 7 × (F_eval + B_x,eval + L), then 3 F + 3 B_w + 2 L
+    /// let r = StepKind::ROCL.passes(LossKind::SimClr);
+    /// assert_eq!((r.forward_eval, r.backward_input_eval, r.forward, r.backward_weights, r.losses), (8, 7, 3, 3, 9));
     /// ```
     pub fn passes(self, loss: LossKind) -> Passes {
+        let none = Passes {
+            forward: 0,
+            forward_eval: 0,
+            backward_weights: 0,
+            backward_input: 0,
+            backward_input_eval: 0,
+            backward_both: 0,
+            losses: 0,
+        };
         match (self, loss) {
             // f(P), f(Q); backward of both into the parameters.
             (StepKind::Plain, _) => Passes {
                 forward: 2,
                 backward_weights: 2,
-                backward_input: 0,
-                backward_both: 0,
                 losses: 1,
+                ..none
             },
             // f_adv(P) (anchors = the same pass) + B_x; then f(P), f(Q), f_adv(Q_adv) + 3 B_w.
             (StepKind::Lean, _) => Passes {
                 forward: 4,
                 backward_weights: 3,
                 backward_input: 1,
-                backward_both: 0,
                 losses: 3,
+                ..none
             },
             // f_adv(P), f_adv(X); B_w into P's pass, B_w + dx into X's; then 3F + 3B_w.
             (StepKind::Authors, LossKind::SimClr | LossKind::Uel) => Passes {
                 forward: 5,
                 backward_weights: 4,
-                backward_input: 0,
                 backward_both: 1,
                 losses: 3,
+                ..none
             },
             // ... and f_clean(P) once more for the second loss term, with its backward.
             (StepKind::Authors, LossKind::Plain) => Passes {
                 forward: 6,
                 backward_weights: 5,
-                backward_input: 0,
                 backward_both: 1,
                 losses: 3,
+                ..none
             },
+            // Each of k PGD steps: f_adv(X₁), f_adv(X₂), one L(Z₁, Z₂) with
+            // both gradients, a backward to the input through each view.
+            // Then f(P), f(Q), f_adv(X₁), f_adv(X₂), L(P, Q) and L(X₁, X₂),
+            // one B_w through each of the four passes.
+            (StepKind::Acl(a), _) => Passes {
+                forward: 4,
+                backward_weights: 4,
+                losses: a.steps + 2,
+                ..none
+            }
+            .with_attack(a, 2 * a.steps, 2 * a.steps),
+            // The anchors f(Q) once (no backward), then each of k PGD steps:
+            // f_adv(X), one L(W, Z_X), a backward to the input. Then f(P),
+            // f(Q), f_adv(X), L(P, Q) and L(Q, X), one B_w through each pass
+            // (Q's gets both terms' gradients).
+            (StepKind::Rocl(a), _) => Passes {
+                forward: 3,
+                backward_weights: 3,
+                losses: a.steps + 2,
+                ..none
+            }
+            .with_attack(a, a.steps + 1, a.steps),
         }
     }
 
-    /// docs/SPEC.md §6's idealised ratio to a plain step (`B_w = 2F`, `B_x = F`,
-    /// loss and optimizer free): 11/6, 15/6 or 18/6.
+    /// docs/SPEC.md §6's idealised ratio to a plain step (`B_w = 2F`,
+    /// `B_x = F`, eval-mode passes as dear as training ones, loss and
+    /// optimizer free): 11/6, 15/6 or 18/6; ACL `(4k + 12)/6` (32/6 at
+    /// PGD-5), RoCL `(2k + 10)/6` (24/6 at PGD-7).
     pub fn spec_ratio(self, loss: LossKind) -> f64 {
         let cost = |p: Passes| {
-            p.forward as f64
-                + 2.0 * p.backward_weights as f64
-                + p.backward_input as f64
-                + 2.0 * p.backward_both as f64
+            f64::from(p.forward + p.forward_eval)
+                + 2.0 * f64::from(p.backward_weights)
+                + f64::from(p.backward_input + p.backward_input_eval)
+                + 2.0 * f64::from(p.backward_both)
         };
         cost(self.passes(loss)) / cost(StepKind::Plain.passes(loss))
     }
@@ -763,23 +1015,53 @@ impl fmt::Display for StepKind {
 /// How many passes of each kind a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Passes {
-    /// Encoder forward passes (`F`).
+    /// Encoder forward passes in a training mode (`F`).
     pub forward: u32,
+    /// Encoder forward passes in evaluation mode (`F_eval`: BatchNorm on
+    /// running statistics, the peers' attacks).
+    pub forward_eval: u32,
     /// Backward passes into the parameters (`B_w`).
     pub backward_weights: u32,
     /// Backward passes to the input only (`B_x`).
     pub backward_input: u32,
+    /// Backward passes to the input only through an evaluation-mode forward
+    /// (`B_x,eval`).
+    pub backward_input_eval: u32,
     /// Backward passes into the parameters *and* the input.
     pub backward_both: u32,
     /// Loss evaluations (value and both gradients).
     pub losses: u32,
 }
 
+impl Passes {
+    /// Adds an attack's `forwards` and input-only `backwards`, in
+    /// evaluation or training mode as the attack runs BatchNorm.
+    fn with_attack(mut self, a: Attack, forwards: u32, backwards: u32) -> Self {
+        match a.bn {
+            AttackBn::Eval => {
+                self.forward_eval += forwards;
+                self.backward_input_eval += backwards;
+            }
+            AttackBn::Train => {
+                self.forward += forwards;
+                self.backward_input += backwards;
+            }
+        }
+        self
+    }
+}
+
 impl fmt::Display for Passes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = vec![format!("{}F", self.forward)];
+        if self.forward_eval > 0 {
+            parts.push(format!("{}F_eval", self.forward_eval));
+        }
         if self.backward_input > 0 {
             parts.push(format!("{}B_x", self.backward_input));
+        }
+        if self.backward_input_eval > 0 {
+            parts.push(format!("{}B_x,eval", self.backward_input_eval));
         }
         if self.backward_both > 0 {
             parts.push(format!("{}(B_w+dx)", self.backward_both));
@@ -820,13 +1102,17 @@ pub fn step_flops(
 ) -> StepFlops {
     let p = kind.passes(loss);
     let f = u64::from(p.forward);
+    let (fe, bxe) = (u64::from(p.forward_eval), u64::from(p.backward_input_eval));
     let encoder = f * enc.forward()
+        + fe * enc.forward_eval()
         + u64::from(p.backward_weights) * enc.backward(BackwardKind::Weights)
         + u64::from(p.backward_input) * enc.backward(BackwardKind::Input)
+        + bxe * enc.backward_eval(BackwardKind::Input)
         + u64::from(p.backward_both) * enc.backward(BackwardKind::WeightsAndInput);
-    let encoder_gemm = f * enc.gemm_forward()
+    // the matrix products are the same in either BatchNorm mode
+    let encoder_gemm = (f + fe) * enc.gemm_forward()
         + u64::from(p.backward_weights) * enc.gemm_backward(BackwardKind::Weights)
-        + u64::from(p.backward_input) * enc.gemm_backward(BackwardKind::Input)
+        + (u64::from(p.backward_input) + bxe) * enc.gemm_backward(BackwardKind::Input)
         + u64::from(p.backward_both) * enc.gemm_backward(BackwardKind::WeightsAndInput);
     let loss_total = u64::from(p.losses) * loss_flops(loss, enc.batch as usize, enc.d as usize);
     let optimizer = opt.flops_per_parameter() * enc.parameters;
@@ -847,6 +1133,20 @@ pub fn model_ratios(enc: &EncoderFlops, loss: LossKind, opt: OptimizerKind) -> (
     let t = |k| step_flops(enc, k, loss, opt).total as f64;
     let (plain, lean, authors) = (t(StepKind::Plain), t(StepKind::Lean), t(StepKind::Authors));
     (lean / plain, authors / plain, authors / lean)
+}
+
+/// The model's ratio of one step to the plain step of the same configuration.
+///
+/// ```
+/// use clae_benches::flops::{model_ratio, EncoderFlops, OptimizerKind, StepKind};
+/// use clae_reference::{encoder::MlpConfig, loss::LossKind};
+/// let enc = EncoderFlops::mlp(&MlpConfig::new(3072, 2048, 2, 128), 256);
+/// let acl = model_ratio(&enc, StepKind::ACL, LossKind::SimClr, OptimizerKind::Adam);
+/// assert!(acl > 4.0 && acl < 32.0 / 6.0, "{acl}"); // eval-mode passes are cheaper
+/// ```
+pub fn model_ratio(enc: &EncoderFlops, kind: StepKind, loss: LossKind, opt: OptimizerKind) -> f64 {
+    step_flops(enc, kind, loss, opt).total as f64
+        / step_flops(enc, StepKind::Plain, loss, opt).total as f64
 }
 
 /// FLOPs of one `m x k` by `k x n` matrix product: `2mkn`.
@@ -909,6 +1209,78 @@ mod tests {
         );
         let gemm_fwd = 140 + 180 + 90;
         assert_eq!(enc.gemm_forward(), gemm_fwd);
+    }
+
+    /// The peer steps on the same tiny MLP, pass by pass: `F = 654`,
+    /// `F_eval = 654 − 164 + 60`, `B_x,eval = 618 − 168 + 20`, `B_w = 908`.
+    #[test]
+    fn peer_steps_by_hand() {
+        let enc = EncoderFlops::mlp(&MlpConfig::new(3, 4, 1, 2), 5);
+        assert_eq!(enc.forward_eval(), 550);
+        assert_eq!(enc.backward_eval(BackwardKind::Input), 470);
+        let l = loss_flops(LossKind::SimClr, 5, 2);
+        let opt = 15 * enc.parameters;
+        // ACL, PGD-5: 5 × (2·550 + 2·470) + 4·654 + 4·908; 5 + 2 losses
+        let acl = step_flops(&enc, StepKind::ACL, LossKind::SimClr, OptimizerKind::Adam);
+        assert_eq!(acl.encoder, 5 * (2 * 550 + 2 * 470) + 4 * 654 + 4 * 908);
+        assert_eq!(acl.encoder, 16448);
+        assert_eq!(acl.loss_flops, 7 * l);
+        assert_eq!(acl.total, 16448 + 7 * l + opt);
+        // RoCL, PGD-7: 550 + 7 × (550 + 470) + 3·654 + 3·908; 7 + 2 losses
+        let rocl = step_flops(&enc, StepKind::ROCL, LossKind::SimClr, OptimizerKind::Adam);
+        assert_eq!(rocl.encoder, 550 + 7 * (550 + 470) + 3 * 654 + 3 * 908);
+        assert_eq!(rocl.encoder, 12376);
+        assert_eq!(rocl.loss_flops, 9 * l);
+        // the GEMM part: the products are the same in eval mode
+        let (gf, gx, gw) = (
+            enc.gemm_forward(),
+            enc.gemm_backward(BackwardKind::Input),
+            enc.gemm_backward(BackwardKind::Weights),
+        );
+        assert_eq!((gf, gx, gw), (410, 360, 410 + 240));
+        assert_eq!(acl.encoder_gemm, 5 * (2 * gf + 2 * gx) + 4 * gf + 4 * gw);
+        // a train-mode attack of k = 2 moves its passes to F and B_x
+        let train = StepKind::Rocl(Attack {
+            steps: 2,
+            bn: AttackBn::Train,
+        });
+        let p = train.passes(LossKind::Plain);
+        assert_eq!(
+            (
+                p.forward,
+                p.forward_eval,
+                p.backward_input,
+                p.backward_input_eval
+            ),
+            (3 + 3, 0, 2, 0)
+        );
+        let t = step_flops(&enc, train, LossKind::Plain, OptimizerKind::Sgd);
+        assert_eq!(t.encoder, 6 * 654 + 2 * 618 + 3 * 908);
+        assert_eq!(p.to_string(), "6F + 2B_x + 3B_w + 4L");
+        assert_eq!(
+            StepKind::ACL.passes(LossKind::Plain).to_string(),
+            "4F + 10F_eval + 10B_x,eval + 4B_w + 7L"
+        );
+    }
+
+    /// The model's peer steps are the reference's defaults, and back.
+    #[test]
+    fn peer_kinds_are_the_reference_defaults() {
+        use clae_reference::peers::PeerPgd;
+        assert_eq!(StepKind::ACL, StepKind::Acl(Attack::of(&PeerPgd::acl())));
+        assert_eq!(StepKind::ROCL, StepKind::Rocl(Attack::of(&PeerPgd::rocl())));
+        for loss in LossKind::ALL {
+            assert_eq!(StepKind::ACL.peer_config(loss), Some(PeerConfig::acl(loss)));
+            assert_eq!(
+                StepKind::ROCL.peer_config(loss),
+                Some(PeerConfig::rocl(loss))
+            );
+            assert_eq!(StepKind::Lean.peer_config(loss), None);
+        }
+        for (i, k) in StepKind::ALL.into_iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+        assert_eq!(StepKind::ACL.label(), "ACL (PGD-5)");
     }
 
     #[test]
@@ -998,6 +1370,16 @@ mod tests {
             assert!((auth_over_lean - authors * 6.0 / 11.0).abs() < 0.01);
             assert!((StepKind::Lean.spec_ratio(loss) - 11.0 / 6.0).abs() < 1e-12);
             assert!((StepKind::Authors.spec_ratio(loss) - authors).abs() < 1e-12);
+        }
+        // the peers: (4k + 12)/6 and (2k + 10)/6
+        for loss in LossKind::ALL {
+            let opt = OptimizerKind::for_loss(loss);
+            let acl = model_ratio(&enc, StepKind::ACL, loss, opt);
+            let rocl = model_ratio(&enc, StepKind::ROCL, loss, opt);
+            assert!((acl - 32.0 / 6.0).abs() < 0.02, "{loss}: acl {acl}");
+            assert!((rocl - 24.0 / 6.0).abs() < 0.02, "{loss}: rocl {rocl}");
+            assert!((StepKind::ACL.spec_ratio(loss) - 32.0 / 6.0).abs() < 1e-12);
+            assert!((StepKind::ROCL.spec_ratio(loss) - 24.0 / 6.0).abs() < 1e-12);
         }
         // B_w → 2F and B_x → F.
         let f = enc.forward() as f64;

@@ -3,10 +3,10 @@
 //! estimate of glyph widths).
 //!
 //! * `ratios.svg` — per configuration and implementation, the measured
-//!   lean / plain and authors / plain ratios, each with the FLOP model's
-//!   ratio drawn beside it;
-//! * `peak_fraction.svg` — achieved GFLOP/s of the plain, lean and authors'
-//!   steps as a fraction of the implementation's measured GEMM peak.
+//!   lean / plain, authors / plain, ACL / plain and RoCL / plain ratios,
+//!   each with the FLOP model's ratio drawn beside it;
+//! * `peak_fraction.svg` — achieved GFLOP/s of every step kind as a
+//!   fraction of the implementation's measured GEMM peak.
 
 use crate::flops::StepKind;
 use crate::overhead::analysis::StepRow;
@@ -21,6 +21,10 @@ const LIGHT_BLUE: RGBColor = RGBColor(174, 199, 232);
 const ORANGE: RGBColor = RGBColor(255, 127, 14);
 const LIGHT_ORANGE: RGBColor = RGBColor(255, 187, 120);
 const GREEN: RGBColor = RGBColor(44, 160, 44);
+const RED: RGBColor = RGBColor(214, 39, 40);
+const LIGHT_RED: RGBColor = RGBColor(255, 152, 150);
+const PURPLE: RGBColor = RGBColor(148, 103, 189);
+const LIGHT_PURPLE: RGBColor = RGBColor(197, 176, 213);
 const GREY: RGBColor = RGBColor(120, 120, 120);
 
 fn chart_err(path: &Path, e: impl std::fmt::Display) -> BenchError {
@@ -55,7 +59,8 @@ fn grouped_bars(
     reference_line: Option<(f64, &str)>,
 ) -> Result<()> {
     let k = labels.len().max(1);
-    let width = (160 + 130 * k).max(640) as u32;
+    let per_group = 40 + 22 * series.len().max(4);
+    let width = (160 + per_group * k).max(640) as u32;
     let root = SVGBackend::new(path, (width, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| chart_err(path, e))?;
     let (upper, lower) = root.split_vertically(400);
@@ -165,38 +170,66 @@ fn draw_labels(
     Ok(())
 }
 
-/// `ratios.svg`: measured lean / plain and authors / plain, each with the
-/// FLOP model's ratio beside it.
+/// The methods beside a plain step, with their chart names and colours
+/// (measured, FLOP model).
+const METHODS: [(StepKind, &str, &str, RGBColor, RGBColor); 4] = [
+    (
+        StepKind::Lean,
+        "CLAE lean / plain, measured",
+        "CLAE lean / plain, FLOP model",
+        BLUE,
+        LIGHT_BLUE,
+    ),
+    (
+        StepKind::Authors,
+        "CLAE authors / plain, measured",
+        "CLAE authors / plain, FLOP model",
+        ORANGE,
+        LIGHT_ORANGE,
+    ),
+    (
+        StepKind::ACL,
+        "ACL / plain, measured",
+        "ACL / plain, FLOP model",
+        RED,
+        LIGHT_RED,
+    ),
+    (
+        StepKind::ROCL,
+        "RoCL / plain, measured",
+        "RoCL / plain, FLOP model",
+        PURPLE,
+        LIGHT_PURPLE,
+    ),
+];
+
+/// `ratios.svg`: every method's measured time over the plain step's, each
+/// with the FLOP model's ratio beside it.
 pub fn ratio_chart(rows: &[StepRow], path: &Path) -> Result<()> {
     let labels: Vec<_> = rows.iter().map(row_label).collect();
-    let series = [
-        Series {
-            name: "lean / plain, measured",
-            color: BLUE,
-            values: rows.iter().map(|r| r.lean_over_plain.measured).collect(),
-        },
-        Series {
-            name: "lean / plain, FLOP model",
-            color: LIGHT_BLUE,
-            values: rows.iter().map(|r| Some(r.lean_over_plain.model)).collect(),
-        },
-        Series {
-            name: "authors / plain, measured",
-            color: ORANGE,
-            values: rows.iter().map(|r| r.authors_over_plain.measured).collect(),
-        },
-        Series {
-            name: "authors / plain, FLOP model",
-            color: LIGHT_ORANGE,
-            values: rows
-                .iter()
-                .map(|r| Some(r.authors_over_plain.model))
-                .collect(),
-        },
-    ];
+    let series: Vec<Series> = METHODS
+        .iter()
+        .flat_map(|&(kind, measured, model, c, lc)| {
+            [
+                Series {
+                    name: measured,
+                    color: c,
+                    values: rows.iter().map(|r| r.over_plain(kind).measured).collect(),
+                },
+                Series {
+                    name: model,
+                    color: lc,
+                    values: rows
+                        .iter()
+                        .map(|r| Some(r.over_plain(kind).model))
+                        .collect(),
+                },
+            ]
+        })
+        .collect();
     grouped_bars(
         path,
-        "CLAE step time relative to a plain step: measured vs FLOP model",
+        "Step time relative to a plain step: measured vs FLOP model",
         "step time / plain step time",
         &labels,
         &series,
@@ -223,6 +256,16 @@ pub fn peak_fraction_chart(rows: &[StepRow], path: &Path) -> Result<()> {
             name: "authors' CLAE step",
             color: ORANGE,
             values: frac(StepKind::Authors),
+        },
+        Series {
+            name: "ACL step",
+            color: RED,
+            values: frac(StepKind::ACL),
+        },
+        Series {
+            name: "RoCL step",
+            color: PURPLE,
+            values: frac(StepKind::ROCL),
         },
     ];
     grouped_bars(

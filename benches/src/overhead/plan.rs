@@ -116,7 +116,7 @@ pub enum Task {
     Step {
         /// Encoder, batch and loss.
         config: StepConfig,
-        /// Plain, lean or authors'.
+        /// Plain, lean, authors', ACL or RoCL.
         kind: StepKind,
     },
     /// A loss value and its gradients w.r.t. both embedding sets.
@@ -186,7 +186,7 @@ pub enum GroupKind {
         /// Embedding dimension.
         d: usize,
     },
-    /// Plain, lean and authors' steps of one configuration.
+    /// Plain, lean, authors', ACL and RoCL steps of one configuration.
     Step(StepConfig),
 }
 
@@ -522,8 +522,8 @@ mod tests {
             .iter()
             .find(|g| g.id == "large-plain-n256")
             .unwrap();
-        // plain, lean, authors' for the reference, libtorch and PyTorch eager
-        assert_eq!(large.members.len(), 9);
+        // plain, lean, authors', ACL, RoCL for the reference, libtorch and PyTorch eager
+        assert_eq!(large.members.len(), 15);
         assert!(large.members.iter().any(|m| m.imp == Impl::EAGER_CPU_F32));
         assert!(Plan::full().uses_cuda());
     }

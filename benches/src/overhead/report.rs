@@ -123,17 +123,19 @@ pub fn summary_markdown(run: &RunResult) -> String {
         "Measured {} on {} ({} threads for libtorch), plan `{}`. Ratios: median over interleaved rounds of the per-round ratio; the exact FLOP model's ratio in parentheses.\n",
         run.machine.date, run.machine.cpu_model, run.machine.torch_threads, run.plan_name
     );
-    s.push_str("| configuration | implementation | plain step | lean / plain | authors / plain | authors / lean | vs PyTorch eager: plain, lean, authors | plain step, % of GEMM peak |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| configuration | implementation | plain step | lean / plain | authors / plain | ACL / plain | RoCL / plain | authors / lean | vs PyTorch eager: plain, lean, authors, ACL, RoCL | plain step, % of GEMM peak |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in step_rows(run) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.config,
             r.imp,
             opt(r.median(StepKind::Plain), ms),
             ratio_cell(&r.lean_over_plain),
             ratio_cell(&r.authors_over_plain),
+            ratio_cell(r.over_plain(StepKind::ACL)),
+            ratio_cell(r.over_plain(StepKind::ROCL)),
             ratio_cell(&r.authors_over_lean),
             vs_eager_cell(&r),
             opt(r.peak_fraction(StepKind::Plain), |f| format!(
@@ -161,7 +163,7 @@ pub fn markdown(run: &RunResult) -> String {
     let _ = writeln!(s, "# CLAE overhead report (`{}`)\n", run.plan_name);
     let _ = writeln!(
         s,
-        "What an adversarial view costs: plain, lean-recipe and authors'-recipe training steps measured side by side, against the exact FLOP model (docs/SPEC.md §6).\n"
+        "What an adversarial view costs: plain, CLAE lean-recipe and authors'-recipe, ACL-style and RoCL-style training steps measured side by side, against the exact FLOP model (docs/SPEC.md §6).\n"
     );
     let _ = writeln!(s, "* date: {} UTC; whole run {:.0} s", m.date, run.wall_s);
     let _ = writeln!(s, "* command: `{}`", run.command);
@@ -212,8 +214,8 @@ pub fn markdown(run: &RunResult) -> String {
 
     let rows = step_rows(run);
     s.push_str("\n## Step time against the FLOP model\n\n");
-    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**: the median over rounds of the per-round ratio, so that slow patches of the machine cancel; quartiles in brackets) and the exact FLOP model (plain); docs/SPEC.md §6's idealised 1.83 / 2.5 / 3.0 are in the model section.\n\n");
-    s.push_str("| configuration | implementation | plain | lean | authors | lean / plain | authors / plain | authors / lean | rounds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("Median per step, with the interquartile range over rounds. Ratios: measured (**bold**: the median over rounds of the per-round ratio, so that slow patches of the machine cancel; quartiles in brackets) and the exact FLOP model (plain); docs/SPEC.md §6's idealised 1.83 / 2.5 / 3.0 (and the peers' 5.33 / 4.0) are in the model section. ACL and RoCL are the peer methods' steps with their public defaults (ACL: PGD-5 on both views, eps 8/255, step 2/255; RoCL: PGD-7 on one view, eps 0.0314, step 0.007, weight 1/256; both attack in eval mode from a random start and clamp to [0, 1]) and the configuration's loss and optimizer.\n\n");
+    s.push_str("| configuration | implementation | plain | lean | authors | ACL | RoCL | lean / plain | authors / plain | ACL / plain | RoCL / plain | authors / lean | rounds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         let cell = |k: StepKind| {
             opt(r.median(k), |med| {
@@ -227,14 +229,18 @@ pub fn markdown(run: &RunResult) -> String {
             .unwrap_or_else(|| "—".into());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.config,
             r.imp,
             cell(StepKind::Plain),
             cell(StepKind::Lean),
             cell(StepKind::Authors),
+            cell(StepKind::ACL),
+            cell(StepKind::ROCL),
             ratio_cell_spread(&r.lean_over_plain),
             ratio_cell_spread(&r.authors_over_plain),
+            ratio_cell_spread(r.over_plain(StepKind::ACL)),
+            ratio_cell_spread(r.over_plain(StepKind::ROCL)),
             ratio_cell_spread(&r.authors_over_lean),
             rounds
         );
@@ -252,7 +258,7 @@ pub fn markdown(run: &RunResult) -> String {
         let _ = writeln!(s, "| {imp} | {size} | {gf:.1} |");
     }
     s.push_str("\nSteps (exact FLOPs of [the model](#flop-model) over the median time); \"extra\" is the GFLOP/s of the adversarial work alone, `(FLOPs(step) − FLOPs(plain)) / (t(step) − t(plain))`.\n\n");
-    s.push_str("| configuration | implementation | plain GFLOP/s (% peak) | lean GFLOP/s (% peak) | authors GFLOP/s (% peak) | lean extra | authors extra |\n|---|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("| configuration | implementation | plain GFLOP/s (% peak) | lean GFLOP/s (% peak) | authors GFLOP/s (% peak) | ACL GFLOP/s (% peak) | RoCL GFLOP/s (% peak) | lean extra | authors extra | ACL extra | RoCL extra |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         let cell = |k: StepKind| {
             opt(r.gflops(k), |g| {
@@ -264,14 +270,18 @@ pub fn markdown(run: &RunResult) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.config,
             r.imp,
             cell(StepKind::Plain),
             cell(StepKind::Lean),
             cell(StepKind::Authors),
+            cell(StepKind::ACL),
+            cell(StepKind::ROCL),
             opt(r.marginal_gflops(StepKind::Lean), |g| format!("{g:.1}")),
             opt(r.marginal_gflops(StepKind::Authors), |g| format!("{g:.1}")),
+            opt(r.marginal_gflops(StepKind::ACL), |g| format!("{g:.1}")),
+            opt(r.marginal_gflops(StepKind::ROCL), |g| format!("{g:.1}")),
         );
     }
     s.push_str("\n![achieved fraction of the GEMM peak](peak_fraction.svg)\n");
@@ -395,8 +405,8 @@ pub fn markdown(run: &RunResult) -> String {
     }
 
     s.push_str("\n## FLOP model\n\n");
-    s.push_str("Exact counts from the layer shapes (`benches/src/flops.rs`: matrix products `2mkn`, elementwise ops one FLOP each). `F` is one forward pass of one view, `B_w` a backward pass into the parameters (every weight gradient, every input gradient but the first layer's), `B_x` a backward pass to the input only, `L` a loss evaluation with both gradients.\n\n");
-    s.push_str("| configuration | F | B_w / F | B_x / F | step | passes | GFLOP | exact ratio | docs/SPEC.md §6 ratio |\n|---|---:|---:|---:|---|---|---:|---:|---:|\n");
+    s.push_str("Exact counts from the layer shapes (`benches/src/flops.rs`: matrix products `2mkn`, elementwise ops one FLOP each). `F` is one forward pass of one view, `B_w` a backward pass into the parameters (every weight gradient, every input gradient but the first layer's), `B_x` a backward pass to the input only, `L` a loss evaluation with both gradients; `F_eval` and `B_x,eval` are the same passes with BatchNorm on running statistics (the peers' eval-mode attacks: an affine map, no batch statistics). The PGD update itself (sign, step, projection, clamp) is not counted, like CLAE's FGSM update.\n\n");
+    s.push_str("| configuration | F | B_w / F | B_x / F | F_eval / F | step | passes | GFLOP | exact ratio | docs/SPEC.md §6 ratio |\n|---|---:|---:|---:|---:|---|---|---:|---:|---:|\n");
     let mut seen = Vec::new();
     for g in &run.groups {
         let GroupKind::Step(config) = g.group.kind else {
@@ -414,7 +424,7 @@ pub fn markdown(run: &RunResult) -> String {
             let first = i == 0;
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.3} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.3} |",
                 if first {
                     config.to_string()
                 } else {
@@ -435,7 +445,12 @@ pub fn markdown(run: &RunResult) -> String {
                 } else {
                     String::new()
                 },
-                k,
+                if first {
+                    format!("{:.3}", enc.forward_eval() as f64 / f)
+                } else {
+                    String::new()
+                },
+                k.label(),
                 passes,
                 *total as f64 / 1e9,
                 *total as f64 / plain,
@@ -473,7 +488,7 @@ pub fn markdown(run: &RunResult) -> String {
     s.push_str("* Every implementation allocates through the same C allocator with the settings in the machine table. `overhead-report` fixes glibc's mmap and trim thresholds unless `GLIBC_TUNABLES` is set: with glibc's adaptive defaults, whether a step's freed memory goes back to the kernel (and the next step pays page faults to get it back) depends on each process's allocation history — timing the large MLP's plain step in standalone processes, our libtorch step took 192 ms with the defaults (20k–28k page faults per step) and 169 ms with fixed thresholds (none), the PyTorch script 171 ms either way. `GLIBC_TUNABLES= overhead-report …` measures with the defaults.\n");
     s.push_str("* The CPU time other processes used during each round is read from `/proc`; rounds during which they kept too many CPUs busy are discarded and rerun (within a time limit), see the table below.\n");
     s.push_str("* One warm-up run per member (and, for fast members, one calibration sample) precedes the timed rounds; fast members run several times per sample (at least ~50 ms per sample).\n");
-    s.push_str("* Steps are real training steps on fixed random data (`P` standard normal, `Q = 0.9 P + 0.1 noise`), with the authors' optimizer for the loss (SGD for Plain/UEL, Adam for SimCLR) and the paper's `tau`, `eps`, `alpha = 1`. The authors' recipe for the Plain loss includes their recomputation of `f_clean(P)`.\n");
+    s.push_str("* Steps are real training steps on fixed random data (`P` standard normal, `Q = 0.9 P + 0.1 noise`), with the authors' optimizer for the loss (SGD for Plain/UEL, Adam for SimCLR) and the paper's `tau`, `eps`, `alpha = 1`. The authors' recipe for the Plain loss includes their recomputation of `f_clean(P)`. The peer steps use the same data, loss and optimizer with their own attacks' defaults; their pixel clamp to [0, 1] moves these standard-normal views, which changes values but not the work a step does.\n");
     s.push_str("* Timings are noisy on a shared machine; the load averages say how busy it was (a load above the number of CPUs means other processes competed for them; libtorch's OpenMP threads suffer most from that). Ratios inside a group are robust to slow patches that hit all members alike.\n");
     s.push_str("\n| group | members measured | rounds kept | rounds discarded (others busy) | CPUs used by other processes (median of kept rounds) | wall time | load average at start |\n|---|---:|---:|---:|---:|---:|---|\n");
     for g in &run.groups {
@@ -607,8 +622,8 @@ pub fn measurements_csv(run: &RunResult) -> String {
     s
 }
 
-/// One row per (step configuration, implementation) with the three ratios,
-/// measured, exact model and docs/SPEC.md.
+/// One row per (step configuration, implementation) with every step kind's
+/// time and ratios, measured, exact model and docs/SPEC.md.
 pub fn steps_csv(run: &RunResult) -> String {
     let mut s = csv_line(
         &[
@@ -619,6 +634,8 @@ pub fn steps_csv(run: &RunResult) -> String {
             "plain_s",
             "lean_s",
             "authors_s",
+            "acl_s",
+            "rocl_s",
             "lean_over_plain",
             "lean_over_plain_model",
             "lean_over_plain_spec",
@@ -628,9 +645,17 @@ pub fn steps_csv(run: &RunResult) -> String {
             "authors_over_lean",
             "authors_over_lean_model",
             "authors_over_lean_spec",
+            "acl_over_plain",
+            "acl_over_plain_model",
+            "acl_over_plain_spec",
+            "rocl_over_plain",
+            "rocl_over_plain_model",
+            "rocl_over_plain_spec",
             "plain_gflops",
             "lean_gflops",
             "authors_gflops",
+            "acl_gflops",
+            "rocl_gflops",
             "peak_gflops",
         ]
         .map(String::from),
@@ -644,6 +669,8 @@ pub fn steps_csv(run: &RunResult) -> String {
             num(r.median(StepKind::Plain)),
             num(r.median(StepKind::Lean)),
             num(r.median(StepKind::Authors)),
+            num(r.median(StepKind::ACL)),
+            num(r.median(StepKind::ROCL)),
             num(r.lean_over_plain.measured),
             num(Some(r.lean_over_plain.model)),
             num(Some(r.lean_over_plain.spec)),
@@ -653,9 +680,17 @@ pub fn steps_csv(run: &RunResult) -> String {
             num(r.authors_over_lean.measured),
             num(Some(r.authors_over_lean.model)),
             num(Some(r.authors_over_lean.spec)),
+            num(r.over_plain(StepKind::ACL).measured),
+            num(Some(r.over_plain(StepKind::ACL).model)),
+            num(Some(r.over_plain(StepKind::ACL).spec)),
+            num(r.over_plain(StepKind::ROCL).measured),
+            num(Some(r.over_plain(StepKind::ROCL).model)),
+            num(Some(r.over_plain(StepKind::ROCL).spec)),
             num(r.gflops(StepKind::Plain)),
             num(r.gflops(StepKind::Lean)),
             num(r.gflops(StepKind::Authors)),
+            num(r.gflops(StepKind::ACL)),
+            num(r.gflops(StepKind::ROCL)),
             num(r.peak_gflops),
         ]));
     }

@@ -15,6 +15,7 @@ use clae_reference::adversarial::Recipe;
 use clae_reference::encoder::{Mlp, MlpConfig};
 use clae_reference::loss::{loss_forward_backward, LossKind};
 use clae_reference::optim::{Optimizer, OptimizerConfig};
+use clae_reference::peers::{peer_step, PeerConfig};
 use clae_reference::rng::Rng;
 use clae_reference::step::{clae_step, plain_step, ClaeConfig};
 use clae_reference::Real;
@@ -64,7 +65,19 @@ pub fn optimizer_for(loss: LossKind) -> OptimizerConfig {
     }
 }
 
-/// A reference training step ([`plain_step`] or [`clae_step`] with a recipe).
+/// The CLAE configuration of a step kind: the paper's for `loss`, with the
+/// authors' recipe for [`StepKind::Authors`] and the lean one otherwise.
+pub fn clae_config(loss: LossKind, kind: StepKind) -> ClaeConfig {
+    let mut cfg = ClaeConfig::paper(loss);
+    cfg.recipe = match kind {
+        StepKind::Authors => Recipe::Authors,
+        _ => Recipe::Lean,
+    };
+    cfg
+}
+
+/// A reference training step ([`plain_step`], [`clae_step`] with a recipe,
+/// or a peer's [`peer_step`]).
 pub struct RefStep<F: Real> {
     mlp: Mlp<F>,
     opt: Optimizer<F>,
@@ -72,6 +85,7 @@ pub struct RefStep<F: Real> {
     q: Array2<F>,
     kind: StepKind,
     cfg: ClaeConfig,
+    peer: Option<PeerConfig>,
 }
 
 impl<F: Real> RefStep<F> {
@@ -80,18 +94,14 @@ impl<F: Real> RefStep<F> {
         let mlp = Mlp::new(config, 0)?;
         let opt = Optimizer::new(optimizer_for(loss), &mlp)?;
         let (p, q) = views(n, config.d_in, 1);
-        let mut cfg = ClaeConfig::paper(loss);
-        cfg.recipe = match kind {
-            StepKind::Authors => Recipe::Authors,
-            StepKind::Plain | StepKind::Lean => Recipe::Lean,
-        };
         Ok(RefStep {
             mlp,
             opt,
             p,
             q,
             kind,
-            cfg,
+            cfg: clae_config(loss, kind),
+            peer: kind.peer_config(loss),
         })
     }
 
@@ -115,6 +125,13 @@ impl<F: Real> Workload for RefStep<F> {
             )?,
             StepKind::Lean | StepKind::Authors => {
                 clae_step(&mut self.mlp, &mut self.opt, p, q, &self.cfg)?
+            }
+            StepKind::Acl(_) | StepKind::Rocl(_) => {
+                let cfg = self
+                    .peer
+                    .as_ref()
+                    .expect("a peer step has its configuration");
+                peer_step(&mut self.mlp, &mut self.opt, p, q, cfg)?
             }
         };
         if !report.total.is_finite() {
@@ -326,9 +343,9 @@ pub mod tch_side {
     use clae_accelerated::mlp::Mlp;
     use clae_accelerated::optim::{Optimizer, OptimizerConfig};
     use clae_accelerated::resnet::{ResNet18, ResNetConfig};
-    use clae_accelerated::step::{clae_step, plain_step, ClaeConfig};
-    use clae_reference::adversarial::Recipe;
+    use clae_accelerated::step::{clae_step, peer_step, plain_step, ClaeConfig};
     use clae_reference::loss::LossKind;
+    use clae_reference::peers::PeerConfig;
     use ndarray::Array2;
     use std::hint::black_box;
     use tch::{Device, Tensor};
@@ -387,6 +404,7 @@ pub mod tch_side {
         q: Tensor,
         kind: StepKind,
         cfg: ClaeConfig,
+        peer: Option<PeerConfig>,
         device: Device,
     }
 
@@ -404,6 +422,13 @@ pub mod tch_side {
                 )?,
                 StepKind::Lean | StepKind::Authors => {
                     clae_step(enc, &mut self.opt, &self.p, &self.q, &self.cfg)?
+                }
+                StepKind::Acl(_) | StepKind::Rocl(_) => {
+                    let cfg = self
+                        .peer
+                        .as_ref()
+                        .expect("a peer step has its configuration");
+                    peer_step(enc, &mut self.opt, &self.p, &self.q, cfg)?
                 }
             };
             sync(self.device);
@@ -457,11 +482,7 @@ pub mod tch_side {
         let (pv, qv) = (pv.f_reshape(&shape)?, qv.f_reshape(&shape)?);
         let opt_cfg: OptimizerConfig = super::optimizer_for(config.loss);
         let opt = Optimizer::new(opt_cfg, &enc)?;
-        let mut cfg = ClaeConfig::paper(config.loss);
-        cfg.recipe = match kind {
-            StepKind::Authors => Recipe::Authors,
-            StepKind::Plain | StepKind::Lean => Recipe::Lean,
-        };
+        let cfg: ClaeConfig = super::clae_config(config.loss, kind);
         Ok(Built::Ready(Box::new(TchStep {
             enc,
             opt,
@@ -469,6 +490,7 @@ pub mod tch_side {
             q: qv,
             kind,
             cfg,
+            peer: kind.peer_config(config.loss),
             device,
         })))
     }
