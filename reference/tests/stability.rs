@@ -269,3 +269,32 @@ fn one_clae_step_in_f32_agrees_with_f64() {
         assert!(eg < 1e-4, "{kind}: gradients {eg:e}");
     }
 }
+
+/// UEL with tied logits far beyond `2^53` (tau = 1e-30): `P` rows zero, `Q`
+/// rows 0.5 (d = 1). Each `Q` row's two other `Q` rows tie at
+/// `S = 0.25 / tau`, each with probability 1/2 (not 1, which `exp(s − lse)`
+/// gave once `m + ln 2` rounded to `m`); its row loss is `S + 3 ln 2` to
+/// within `e^-S`, the `P` rows' `ln 5 − 4 ln(4/5)`, so the value is
+/// `(3 (ln 5 − 4 ln 0.8) + 3 (S + 3 ln 2)) / 6`, about `S / 2`.
+#[test]
+fn uel_with_tied_huge_logits_is_finite_and_right() {
+    let tau = 1e-30;
+    let s = 0.25 / tau;
+    let want = (3.0 * (5f64.ln() - 4.0 * 0.8f64.ln()) + 3.0 * (s + 3.0 * 2f64.ln())) / 6.0;
+    let p = Array2::<f64>::zeros((3, 1));
+    let q = Array2::<f64>::from_elem((3, 1), 0.5);
+    let out = loss_forward_backward(LossKind::Uel, p.view(), q.view(), tau).unwrap();
+    assert!(
+        (out.value - want).abs() <= 1e-12 * want,
+        "{} vs {want}",
+        out.value
+    );
+    assert!(out
+        .grad_z_p
+        .iter()
+        .chain(out.grad_z_q.iter())
+        .all(|v| v.is_finite()));
+    let (p32, q32) = (p.mapv(|v| v as f32), q.mapv(|v| v as f32));
+    let out32 = loss_forward_backward(LossKind::Uel, p32.view(), q32.view(), tau).unwrap();
+    assert!(((out32.value as f64) - want).abs() <= 1e-6 * want);
+}
