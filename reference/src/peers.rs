@@ -15,7 +15,7 @@
 //! ```
 //!
 //! A step is a weighted sum of loss terms between forward passes
-//! ([`weighted_terms`]); training passes update the running statistics of
+//! (`weighted_terms`); training passes update the running statistics of
 //! their branch in order (P, Q clean; the adversarial views adv).
 
 use crate::adversarial::sign;

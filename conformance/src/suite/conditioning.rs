@@ -334,7 +334,7 @@ fn batch(
 /// The main suite's generator filter: whether every pass of `case` that a
 /// property runs, over `steps` training steps, is well-conditioned at the
 /// case's precision (`f32` when an `f32` backend takes part). For one step
-/// that is [`batch`] on the case's model; for a trajectory each step's
+/// that is `batch` on the case's model; for a trajectory each step's
 /// batch is checked with the encoder as the reference trains it in `f64`
 /// (plain steps and CLAE steps, each from the initial encoder).
 pub fn well_conditioned(case: &Case, steps: usize) -> Result<(), Ill> {
