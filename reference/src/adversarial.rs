@@ -56,7 +56,8 @@ fn sign_step<F: Real>(x: &mut Array2<F>, g: &Array2<F>, start: ArrayView2<'_, F>
     }
 }
 
-fn apply_clamp<F: Real>(x: &mut Array2<F>, clamp: Option<(F, F)>) {
+/// `x` clamped to the pixel range, if there is one (NaN kept).
+pub(crate) fn apply_clamp<F: Real>(x: &mut Array2<F>, clamp: Option<(F, F)>) {
     if let Some((lo, hi)) = clamp {
         x.mapv_inplace(|v| {
             if v < lo {
@@ -287,20 +288,7 @@ impl AdvConfig {
                 )
             }
         };
-        let clamp = match self.clamp {
-            None => None,
-            Some((lo, hi)) => {
-                let range = || ClaeError::InvalidRange { lo, hi };
-                let lo_f =
-                    check::hyper::<F>("pixel range lo", lo, Domain::Finite).map_err(|_| range())?;
-                let hi_f =
-                    check::hyper::<F>("pixel range hi", hi, Domain::Finite).map_err(|_| range())?;
-                if lo > hi {
-                    return Err(range());
-                }
-                Some((lo_f, hi_f))
-            }
-        };
+        let clamp = pixel_range::<F>(self.clamp)?;
         Ok(Adv {
             eps,
             start: self.start,
@@ -463,4 +451,19 @@ pub fn adversarial_view_authors<F: Real>(
     )?;
     mlp.commit_running(running);
     Ok(view)
+}
+
+/// A pixel range `(lo, hi)` in `F`: both finite in `F` and `lo <= hi`,
+/// else [`ClaeError::InvalidRange`] (shared by the CLAE and peer attacks).
+pub(crate) fn pixel_range<F: Real>(clamp: Option<(f64, f64)>) -> Result<Option<(F, F)>> {
+    let Some((lo, hi)) = clamp else {
+        return Ok(None);
+    };
+    let range = || ClaeError::InvalidRange { lo, hi };
+    let lo_f = check::hyper::<F>("pixel range lo", lo, Domain::Finite).map_err(|_| range())?;
+    let hi_f = check::hyper::<F>("pixel range hi", hi, Domain::Finite).map_err(|_| range())?;
+    if lo > hi {
+        return Err(range());
+    }
+    Ok(Some((lo_f, hi_f)))
 }

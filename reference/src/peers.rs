@@ -113,20 +113,7 @@ impl PeerPgd {
                 what: "number of PGD steps k".into(),
             });
         }
-        let clamp = match self.clamp {
-            None => None,
-            Some((lo, hi)) => {
-                let range = || ClaeError::InvalidRange { lo, hi };
-                let lo_f =
-                    check::hyper::<F>("pixel range lo", lo, Domain::Finite).map_err(|_| range())?;
-                let hi_f =
-                    check::hyper::<F>("pixel range hi", hi, Domain::Finite).map_err(|_| range())?;
-                if lo > hi {
-                    return Err(range());
-                }
-                Some((lo_f, hi_f))
-            }
-        };
+        let clamp = crate::adversarial::pixel_range::<F>(self.clamp)?;
         Ok(Pgd {
             eps: check::hyper::<F>("eps", self.eps, Domain::NonNegative)?,
             eta: check::hyper::<F>("PGD step size eta", self.eta, Domain::NonNegative)?,
@@ -175,17 +162,7 @@ impl<F: Real> Pgd<F> {
     }
 
     fn clamp(&self, x: &mut Array2<F>) {
-        if let Some((lo, hi)) = self.clamp {
-            x.mapv_inplace(|v| {
-                if v < lo {
-                    lo
-                } else if v > hi {
-                    hi
-                } else {
-                    v
-                }
-            });
-        }
+        crate::adversarial::apply_clamp(x, self.clamp);
     }
 
     /// `X₀` for each start `S` (their noise one stream, view after view).
