@@ -5,6 +5,7 @@
 #     (tch 0.24.0 links against libtorch 2.11.0; the wheel ships it);
 #   * Debian's libopenblas-dev (LAPACK for ndarray-linalg's diagnostics);
 #   * scikit-learn's wheel, only to take the 8x8 digits CSV out of it (issue 6);
+#   * Debian's dataset-fashion-mnist (the Fashion-MNIST IDX files) when root;
 #   * a generated, git-ignored `.cargo/config.toml` that tells torch-sys where
 #     libtorch is and gives every binary an rpath to it, so plain `cargo test`
 #     and `cargo bench` work afterwards without LD_LIBRARY_PATH; it also names
@@ -52,6 +53,20 @@ if ! have_openblas; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev >/dev/null
   else
     die "libopenblas-dev is missing; run: sudo apt-get install -y libopenblas-dev"
+  fi
+fi
+
+# --- Fashion-MNIST (Debian's dataset-fashion-mnist; the fashion replication) --
+fashion_dir=/usr/share/datasets/fashion-mnist
+if [ ! -s "$fashion_dir/train-images-idx3-ubyte.gz" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's dataset-fashion-mnist (IDX files under $fashion_dir)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; } \
+      || echo "setup: warning: could not install dataset-fashion-mnist; the fashion replication will say so" >&2
+  else
+    echo "setup: note: Fashion-MNIST is missing (only the fashion replication needs it); run: sudo apt-get install -y dataset-fashion-mnist" >&2
   fi
 fi
 

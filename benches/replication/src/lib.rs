@@ -7,8 +7,12 @@
 //! beyond seed noise:
 //!
 //! * [`digits`] — scikit-learn's 8x8 digits, the seconds-to-minutes smoke
-//!   replication (binary `digits`, `scripts/digits.sh`).
+//!   replication (binary `digits`, `scripts/digits.sh`);
+//! * [`fashion`] — Fashion-MNIST (70 000 real images): the same controlled
+//!   comparison with an eps sweep, ACL-/RoCL-style peers, a validated linear
+//!   probe and PGD-20 robust accuracy (binary `fashion`, `scripts/fashion.sh`).
 //!
 //! The machine facts its reports record come from [`clae_benches::machine`].
 
 pub mod digits;
+pub mod fashion;
