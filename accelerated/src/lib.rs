@@ -40,6 +40,7 @@
 
 pub mod adversarial;
 mod check;
+pub mod cnn;
 pub mod convert;
 pub mod device;
 pub mod encoder;

@@ -18,7 +18,7 @@ use clae_replication::fashion::eval::{
 use clae_replication::fashion::report;
 use clae_replication::fashion::run::{self, equal_time_epochs, read_finished, Cell, Options};
 use clae_replication::fashion::train::{
-    train_run, Method, ModelConfig, ReferenceTrainer, TrainConfig, Trainer,
+    train_run, EncoderKind, Method, ModelConfig, ReferenceTrainer, TrainConfig, Trainer,
 };
 use clae_replication::fashion::FashionError;
 use indicatif::ProgressBar;
@@ -804,4 +804,119 @@ fn quick_end_to_end_on_the_real_data() {
         assert!(r.knn200 > 0.2, "{}: {}", r.cell.key(), r.knn200);
     }
     std::fs::remove_dir_all(&out).ok();
+}
+
+fn tiny_cnn(loss: LossKind, method: Method) -> TrainConfig {
+    TrainConfig {
+        encoder: EncoderKind::Cnn {
+            width: 4,
+            blocks: 2,
+        },
+        ..tiny_config(loss, method)
+    }
+}
+
+#[test]
+fn cnn_input_gradient_matches_finite_differences() {
+    let cfg = tiny_cnn(LossKind::Uel, Method::Plain);
+    let t = cfg.trainer(5).unwrap();
+    assert!(t.backend().starts_with("tch-cpu-f32 CNN"));
+    let x = tiny_images(3, 9).images;
+    let c = Array2::from_shape_fn((3, 4), |(i, j)| ((i * 4 + j) as f32 * 1.3).cos());
+    let mut dz = |_: ndarray::ArrayView2<'_, f32>| Ok(c.clone());
+    let (z, dx) = t.embed_eval_vjp(x.view(), &mut dz).unwrap();
+    let z_eval = t.embed_eval(x.view()).unwrap();
+    let zdiff = z
+        .iter()
+        .zip(&z_eval)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(zdiff < 1e-6, "{zdiff}");
+    let s = |x: &Array2<f32>| -> f64 {
+        let z = t.embed_eval(x.view()).unwrap();
+        z.iter()
+            .zip(&c)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum()
+    };
+    assert!(dx.iter().any(|v| *v != 0.0));
+    // Directional derivatives along random sign directions over all
+    // pixels (a single pixel's is too small for f32 central differences
+    // across the conv's ReLU kinks; h = 1e-3 still crosses enough of them
+    // to be 12% off, h = 1e-4 was 0.2% off).
+    let h = 1e-4f32;
+    for seed in 0..4 {
+        let mut rng = Rng::new(seed);
+        let v = Array2::from_shape_fn(x.dim(), |_| if rng.uniform() < 0.5 { -1.0f32 } else { 1.0 });
+        let fd = (s(&(&x + &(&v * h))) - s(&(&x - &(&v * h)))) / (2.0 * h as f64);
+        let an: f64 = dx
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        // f32 rounding of each of the two evaluations of s: at most a few
+        // units of 2^-24 per |z| <= 1 entry, weighted by |c|.
+        let rounding =
+            8.0 * c.iter().map(|v| v.abs() as f64).sum::<f64>() * 2f64.powi(-24) / (2.0 * h as f64);
+        assert!(
+            (fd - an).abs() <= 0.03 * an.abs() + rounding,
+            "direction {seed}: {fd} vs {an} (rounding {rounding})"
+        );
+    }
+}
+
+#[test]
+fn cnn_methods_of_one_seed_start_from_the_same_encoder_and_train() {
+    let train = tiny_images(20, 3);
+    let mut starts = Vec::new();
+    for method in [
+        Method::Plain,
+        Method::Clae,
+        Method::ClaeEps0,
+        Method::Acl,
+        Method::Rocl,
+    ] {
+        let cfg = tiny_cnn(LossKind::SimClr, method);
+        let mut t = cfg.trainer(4).unwrap();
+        let z0 = t.embed_eval(train.view()).unwrap();
+        let mut eval = |_: &dyn Trainer| Ok(0.5);
+        let r = train_run(
+            t.as_mut(),
+            &cfg,
+            4,
+            &train,
+            1,
+            &mut eval,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(r.curve[1].loss.is_finite(), "{method:?}");
+        assert_ne!(
+            t.embed_eval(train.view()).unwrap(),
+            z0,
+            "{method:?} trained"
+        );
+        starts.push(z0);
+    }
+    assert!(starts.windows(2).all(|w| w[0] == w[1]));
+    // A CNN that cannot be built is a typed error, not a panic.
+    let bad = TrainConfig {
+        encoder: EncoderKind::Cnn {
+            width: 0,
+            blocks: 2,
+        },
+        ..tiny_config(LossKind::SimClr, Method::Plain)
+    };
+    assert!(bad.trainer(0).is_err());
+    let o = Options::parse(["--quick", "--encoder", "cnn", "--cnn-width", "8"].map(String::from))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        o.encoder,
+        EncoderKind::Cnn {
+            width: 8,
+            blocks: 3
+        }
+    );
+    assert_ne!(o.fingerprint(), Options::quick().fingerprint());
+    assert!(Options::parse(["--encoder", "resnet"].map(String::from)).is_err());
 }

@@ -16,6 +16,8 @@
 //!   contrast jitter for 28x28 grey images;
 //! * [`train`] — methods (plain, CLAE, the `eps = 0` control, ACL, RoCL),
 //!   the reference-MLP trainer and the training loop with learning curves;
+//!   [`cnn_trainer`] trains the dual-BN CNN of `clae_accelerated::cnn` on
+//!   libtorch instead;
 //! * [`eval`] — kNN-200 with the authors' temperatures, the validated linear
 //!   probe, PGD-20 robust accuracy of encoder + probe;
 //! * [`run`] — options, the grid of cells, the resumable CSV, the whole run;
@@ -23,6 +25,7 @@
 //!   (`cargo run --release -p clae-replication --bin fashion`).
 
 pub mod augment;
+pub mod cnn_trainer;
 pub mod data;
 pub mod eval;
 pub mod report;
@@ -83,6 +86,12 @@ pub enum FashionError {
         /// The SVG file.
         path: PathBuf,
         /// The plotting library's message.
+        message: String,
+    },
+    /// The libtorch backend failed (its own input validation, or libtorch).
+    #[error("libtorch backend: {message}")]
+    Backend {
+        /// What went wrong.
         message: String,
     },
     /// Training diverged (a loss became NaN or infinite).

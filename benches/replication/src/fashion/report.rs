@@ -392,19 +392,35 @@ fn losses_of(cs: &[&Comparison]) -> String {
         .join(" / ")
 }
 
+/// The encoder in words, e.g. `reference-f32 MLP 784-512x2-128`.
+pub fn encoder_text(o: &super::run::Options) -> String {
+    match o.encoder {
+        super::train::EncoderKind::Mlp => format!(
+            "reference-f32 dual-BN MLP 784-{}x{}-{}",
+            o.model.hidden, o.model.depth, o.model.d
+        ),
+        super::train::EncoderKind::Cnn { width, blocks } => format!(
+            "tch-cpu-f32 dual-BN CNN, {blocks} conv blocks from {width} channels, d = {}",
+            o.model.d
+        ),
+    }
+}
+
 /// The result paragraph, written from the numbers (whatever they are).
 pub fn conclusion(rep: &Replication) -> String {
     let all = comparisons(rep);
     let o = &rep.options;
     let mut s = format!(
-        "On Fashion-MNIST ({} training images, {} seeds, {} epochs, reference-f32 MLP 784-{}x{}-{}{})",
+        "On Fashion-MNIST ({} training images, {} seeds, {} epochs, {}{})",
         rep.sizes.0,
         o.seeds,
         o.epochs,
-        o.model.hidden,
-        o.model.depth,
-        o.model.d,
-        if o.quick { ", quick smoke run — not a result" } else { "" }
+        encoder_text(o),
+        if o.quick {
+            ", quick smoke run — not a result"
+        } else {
+            ""
+        }
     );
     let knn = find_cmp(&all, Method::Plain, Method::Clae, Metric::Knn200);
     if knn.is_empty() {
@@ -459,6 +475,64 @@ pub fn conclusion(rep: &Replication) -> String {
                 }
             );
         }
+    }
+    let focus = o.focus;
+    let gs = groups(rep);
+    let mut sweep: Vec<Group> = gs
+        .iter()
+        .copied()
+        .filter(|g| g.loss == focus && matches!(g.method, Method::Clae | Method::ClaeEps0))
+        .collect();
+    sweep.sort_by(|a, b| a.eps.total_cmp(&b.eps));
+    if sweep.len() > 2 {
+        let text: Vec<String> = sweep
+            .iter()
+            .map(|g| format!("{:.2}% at {}", stat(rep, g, &Metric::Knn200).mean, g.eps))
+            .collect();
+        let _ = write!(
+            s,
+            " {} kNN-200 against CLAE's eps (normalised units, 0 = the control): {}.",
+            loss_title(focus),
+            text.join(", ")
+        );
+    }
+    let long = find_cmp(&all, Method::Clae, Method::PlainLong, Metric::Knn200);
+    if let Some(c) = long.first() {
+        let epochs = MeanStd::of(
+            &runs_of(rep, &c.other)
+                .iter()
+                .map(|r| r.epochs as f64)
+                .collect::<Vec<_>>(),
+        );
+        let _ = write!(
+            s,
+            " Given CLAE's wall-clock ({:.0} epochs), plain {} differs from CLAE by {:+.2} points ({}).",
+            epochs.mean,
+            loss_title(c.base.loss),
+            c.delta_points(),
+            if c.beyond_noise() { "beyond the seed noise" } else { "within the seed noise" }
+        );
+    }
+    let peers: Vec<String> = [Method::Acl, Method::Rocl]
+        .iter()
+        .filter_map(|&m| {
+            let g = gs.iter().find(|g| g.loss == focus && g.method == m)?;
+            let rob = o
+                .attack_eps
+                .first()
+                .map(|&e| stat(rep, g, &Metric::Robust(e)).mean)
+                .unwrap_or(f64::NAN);
+            Some(format!(
+                "{} {:.2}% kNN-200, {:.2}% robust at {}/255",
+                g.title(),
+                stat(rep, g, &Metric::Knn200).mean,
+                rob,
+                o.attack_eps.first().copied().unwrap_or(0.0)
+            ))
+        })
+        .collect();
+    if !peers.is_empty() {
+        let _ = write!(s, " Peers ({}): {}.", loss_title(focus), peers.join("; "));
     }
     let _ = write!(
         s,
@@ -549,7 +623,7 @@ pub fn markdown(rep: &Replication) -> String {
 * Data: Fashion-MNIST's IDX files (60 000 training, 10 000 test, 28x28, 10 classes). A stratified validation split of {val} images is carved from the training set (seed {}); the encoders train on a stratified subset of {tr} of the rest; the kNN bank is {bank} training images outside validation; {test} test images are evaluated, {} of them attacked.\n\
 * Inputs: pixels in [0, 1], normalised per channel with the training set's mean {} and std {} before the encoder, as the authors normalise CIFAR-10. CLAE's eps is in normalised units (the authors' convention): eps = 0.03 normalised is {:.4} in [0, 1] pixels ({:.2}/255). Sweep (focus loss {}): eps ∈ {{{}}} normalised.\n\
 * Views: random resized crop (area [0.2, 1], aspect [3/4, 4/3], bilinear), horizontal flip ½, brightness and contrast jitter 0.4 with probability 0.8 — the same for every method.\n\
-* Encoder: docs/SPEC.md §2's dual-BN MLP, 784-{}x{}-{}, reference f32; N = {}; {} epochs; tau and optimizer as docs/SPEC.md (SimCLR's Adam lr raised to 1e-3, as in the digits replication). CLAE: FGSM on P, alpha = 1, lean recipe. Control: the CLAE step with eps = 0. ACL-/RoCL-style: `clae_reference::peers` with their public attacks (PGD-5 at 8/255, PGD-7 at 0.0314, eval-mode BN, random start reseeded per step), converted to normalised units.\n\
+* Encoder: {} (the MLP is docs/SPEC.md §2's; the CNN is `clae_accelerated::cnn`: conv3x3-DualBN2d-ReLU blocks, stride 2 after the first, global average pooling, the MLP's projection head); N = {}; {} epochs; tau and optimizer as docs/SPEC.md (SimCLR's Adam lr raised to 1e-3, as in the digits replication). CLAE: FGSM on P, alpha = 1, lean recipe. Control: the CLAE step with eps = 0. ACL-/RoCL-style: `clae_reference::peers` with their public attacks (PGD-5 at 8/255, PGD-7 at 0.0314, eval-mode BN, random start reseeded per step), converted to normalised units.\n\
 * kNN-200 with the authors' temperatures (0.1 Plain/UEL, 0.5 SimCLR; raw pixels 0.1). Linear probe on the eval-mode embeddings of the {tr} training images: full-batch GD with momentum, up to {} epochs, weight decay ∈ {:?}, both chosen on validation.\n\
 * Robustness: PGD-{} (L∞, [0, 1] pixels, eps ∈ {{{}}}/255, random start, step 2.5 eps / k, projection and clamp) on encoder + probe end to end; an image is robust when classified correctly clean and attacked.\n",
         super::run::SPLIT_SEED,
@@ -560,9 +634,7 @@ pub fn markdown(rep: &Replication) -> String {
         0.03 * STD * 255.0,
         focus,
         o.sweep.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
-        o.model.hidden,
-        o.model.depth,
-        o.model.d,
+        encoder_text(o),
         o.batch,
         o.epochs,
         o.probe.epochs,

@@ -6,7 +6,7 @@ use super::eval::{
     knn_accuracy, knn_temperature, robust_accuracy, validated_probe, Features, Labelled, PgdConfig,
     ProbeConfig, KNN_K,
 };
-use super::train::{train_run, Method, ModelConfig, ReferenceTrainer, TrainConfig, Trainer};
+use super::train::{train_run, EncoderKind, Method, ModelConfig, TrainConfig, Trainer};
 use super::{FashionError, Result};
 use crate::digits::data::stratified_split;
 use clae_benches::machine::load_1min;
@@ -41,6 +41,8 @@ Options (sizes of the headline run in parentheses; --quick shrinks them):
   --pgd-steps N         PGD steps (20)
   --attack-eps LIST     L-inf radii in 1/255 pixel units (1,2,4)
   --hidden N --depth N --d N   MLP 784-h x L-d (512, 2, 128)
+  --encoder mlp|cnn     the reference MLP, or the dual-BN CNN on libtorch (mlp)
+  --cnn-width N --cnn-blocks N  CNN channels of block 0 and blocks (16, 3; implies cnn)
   --batch N             batch size (256)
   --probe-epochs N      linear probe epochs at most (200)
   --losses LIST         subset of plain,simclr,uel (all)
@@ -84,7 +86,9 @@ pub struct Options {
     pub pgd_steps: usize,
     /// Attack radii in 1/255 units.
     pub attack_eps: Vec<f64>,
-    /// Encoder shape.
+    /// Encoder: the reference MLP or the tch CNN.
+    pub encoder: EncoderKind,
+    /// Encoder shape (the MLP's; `d` also the CNN's).
     pub model: ModelConfig,
     /// Batch size.
     pub batch: usize,
@@ -126,6 +130,7 @@ impl Default for Options {
             robust: 500,
             pgd_steps: 20,
             attack_eps: vec![1.0, 2.0, 4.0],
+            encoder: EncoderKind::Mlp,
             model: ModelConfig {
                 hidden: 512,
                 depth: 2,
@@ -218,6 +223,34 @@ impl Options {
                 "--hidden" => o.model.hidden = count(name, &value(name)?, 1)?,
                 "--depth" => o.model.depth = count(name, &value(name)?, 0)?,
                 "--d" => o.model.d = count(name, &value(name)?, 1)?,
+                "--encoder" => {
+                    o.encoder = match value(name)?.as_str() {
+                        "mlp" => EncoderKind::Mlp,
+                        "cnn" => EncoderKind::Cnn {
+                            width: 16,
+                            blocks: 3,
+                        },
+                        other => {
+                            return Err(FashionError::config(
+                                name,
+                                format!("expected mlp or cnn, got {other:?}"),
+                            ))
+                        }
+                    }
+                }
+                "--cnn-width" | "--cnn-blocks" => {
+                    let v = count(name, &value(name)?, 1)?;
+                    let (mut width, mut blocks) = match o.encoder {
+                        EncoderKind::Cnn { width, blocks } => (width, blocks),
+                        EncoderKind::Mlp => (16, 3),
+                    };
+                    if name == "--cnn-width" {
+                        width = v
+                    } else {
+                        blocks = v
+                    }
+                    o.encoder = EncoderKind::Cnn { width, blocks };
+                }
                 "--batch" => o.batch = count(name, &value(name)?, 2)?,
                 "--probe-epochs" => o.probe.epochs = count(name, &value(name)?, 1)?,
                 "--attack-eps" => o.attack_eps = numbers(name, &value(name)?)?,
@@ -256,6 +289,7 @@ impl Options {
         let mut c = TrainConfig::fashion(loss, method);
         c.eps = eps;
         c.epochs = self.epochs;
+        c.encoder = self.encoder;
         c.model = self.model;
         c.batch_size = self.batch;
         c
@@ -314,9 +348,13 @@ impl Options {
     /// with another fingerprint are not reused.
     pub fn fingerprint(&self) -> String {
         let m = self.model;
+        let enc = match self.encoder {
+            EncoderKind::Mlp => "mlp".to_string(),
+            EncoderKind::Cnn { width, blocks } => format!("cnn{width}x{blocks}"),
+        };
         let eps: Vec<String> = self.attack_eps.iter().map(|e| e.to_string()).collect();
         format!(
-            "e{}-t{}-v{}-b{}-T{}-ct{}-ce{}-r{}-k{}-a{}-h{}x{}x{}-n{}-p{}",
+            "{enc}-e{}-t{}-v{}-b{}-T{}-ct{}-ce{}-r{}-k{}-a{}-h{}x{}x{}-n{}-p{}",
             self.epochs,
             self.train,
             self.val,
@@ -593,7 +631,7 @@ pub fn run_cell(
 ) -> Result<RunRecord> {
     let mut cfg = o.train_config(cell.loss, cell.method, cell.eps);
     cfg.epochs = epochs;
-    let mut trainer = ReferenceTrainer::new(&cfg, cell.seed)?;
+    let mut trainer = cfg.trainer(cell.seed)?;
     let t = knn_temperature(cell.loss);
     let mut curve_eval = |tr: &dyn Trainer| -> Result<f64> {
         let zb = tr.embed_eval(d.train.view())?;
@@ -608,7 +646,7 @@ pub fn run_cell(
         )
     };
     let trained = train_run(
-        &mut trainer,
+        trainer.as_mut(),
         &cfg,
         cell.seed,
         &d.train,
@@ -617,7 +655,7 @@ pub fn run_cell(
         bar,
     )?;
     let (knn200, probe, robust) = evaluate(
-        Features::Encoder(&trainer),
+        Features::Encoder(trainer.as_ref()),
         Some(cell.loss),
         d,
         o,

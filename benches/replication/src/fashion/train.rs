@@ -92,9 +92,26 @@ pub struct ModelConfig {
     pub d: usize,
 }
 
+/// Which encoder a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderKind {
+    /// The reference dual-BN MLP ([`ModelConfig`] gives its shape).
+    Mlp,
+    /// The dual-BN CNN of `clae_accelerated::cnn` on libtorch (CPU, f32):
+    /// `blocks` conv blocks from `width` channels, [`ModelConfig::d`] outputs.
+    Cnn {
+        /// Channels of the first block.
+        width: usize,
+        /// Conv blocks.
+        blocks: usize,
+    },
+}
+
 /// Everything that defines a run besides its seed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainConfig {
+    /// Encoder.
+    pub encoder: EncoderKind,
     /// Loss family.
     pub loss: LossKind,
     /// Method.
@@ -136,6 +153,7 @@ impl TrainConfig {
             LossKind::Plain | LossKind::Uel => OptimizerConfig::authors_sgd(),
         };
         TrainConfig {
+            encoder: EncoderKind::Mlp,
             loss,
             method,
             tau: loss.default_tau(),
@@ -201,9 +219,45 @@ impl TrainConfig {
         if let Some(p) = self.peer_config() {
             p.validate_for::<f32>()?;
         }
-        MlpConfig::new(PIXELS, self.model.hidden, self.model.depth, self.model.d)
-            .validate_for::<f32>()?;
+        match self.encoder {
+            EncoderKind::Mlp => {
+                MlpConfig::new(PIXELS, self.model.hidden, self.model.depth, self.model.d)
+                    .validate_for::<f32>()?
+            }
+            EncoderKind::Cnn { .. } => self.cnn_config().validate_for::<f32>()?,
+        }
         Ok(())
+    }
+
+    /// The CNN's configuration for [`EncoderKind::Cnn`] (the defaults of
+    /// [`clae_accelerated::cnn::CnnConfig::fashion`] with this `d`, and the
+    /// kind's width and blocks where it is one).
+    pub fn cnn_config(&self) -> clae_accelerated::cnn::CnnConfig {
+        let base = clae_accelerated::cnn::CnnConfig::fashion();
+        match self.encoder {
+            EncoderKind::Cnn { width, blocks } => clae_accelerated::cnn::CnnConfig {
+                width,
+                blocks,
+                d: self.model.d,
+                ..base
+            },
+            EncoderKind::Mlp => clae_accelerated::cnn::CnnConfig {
+                d: self.model.d,
+                ..base
+            },
+        }
+    }
+
+    /// A fresh trainer of this configuration's encoder, initialised from `seed`.
+    pub fn trainer(&self, seed: u64) -> Result<Box<dyn Trainer>> {
+        Ok(match self.encoder {
+            EncoderKind::Mlp => Box::new(ReferenceTrainer::new(self, seed)?),
+            EncoderKind::Cnn { .. } => Box::new(super::cnn_trainer::CnnTrainer::new(
+                self,
+                self.cnn_config(),
+                seed,
+            )?),
+        })
     }
 }
 
@@ -280,6 +334,12 @@ fn step_loss(r: &StepReport<f32>) -> StepLoss {
 /// Salt of the peers' per-step PGD random-start seeds.
 const PGD_SEED_SALT: u64 = 0x0A77_AC4E_0000_0000;
 
+/// The PGD random-start seed of a peer step: a function of the run's seed
+/// and the step's index only, so both encoders draw the same starts.
+pub fn pgd_seed(seed: u64, step: u64) -> u64 {
+    PGD_SEED_SALT ^ (seed << 32) ^ step
+}
+
 impl Trainer for ReferenceTrainer {
     fn backend(&self) -> String {
         let m = self.cfg.model;
@@ -300,7 +360,7 @@ impl Trainer for ReferenceTrainer {
                 let mut peer = cfg.peer_config().ok_or_else(|| {
                     FashionError::config("method", "a peer method without a peer config")
                 })?;
-                peer.pgd.random_start = Some(PGD_SEED_SALT ^ (self.seed << 32) ^ self.steps);
+                peer.pgd.random_start = Some(pgd_seed(self.seed, self.steps));
                 peer_step(mlp, opt, p.view(), q.view(), &peer)?
             }
         };
