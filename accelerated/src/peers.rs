@@ -104,6 +104,7 @@ fn gradients(l: &Tensor, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
 
 /// RoCL's attack on checked input (flags into `health`): `X` from `P`
 /// against the clean positives `W = sg(f(Q))`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rocl_attack_unchecked<E: Encoder + ?Sized>(
     enc: &E,
     p: &Tensor,
@@ -112,6 +113,7 @@ pub(crate) fn rocl_attack_unchecked<E: Encoder + ?Sized>(
     tau: f64,
     pgd: &PeerPgd,
     health: &mut Health,
+    mut trace: Option<&mut Vec<Vec<Tensor>>>,
 ) -> Result<Tensor> {
     let (anchor_mode, mode) = modes(pgd.bn);
     let _frozen = FrozenParameters::new(enc)?;
@@ -129,6 +131,9 @@ pub(crate) fn rocl_attack_unchecked<E: Encoder + ?Sized>(
             health.blame("the attack (its views, anchors and tau)");
             health.push_finite("the input gradient of a PGD step", &g)?;
             x = step(&x, &g, p, pgd)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(vec![g]);
+            }
         }
         health.blame("P and eps");
         health.push_finite("the adversarial view", &x)?;
@@ -138,6 +143,7 @@ pub(crate) fn rocl_attack_unchecked<E: Encoder + ?Sized>(
 
 /// ACL's attack on checked input (flags into `health`): `X₁` from `P`,
 /// `X₂` from `Q`, both moved by the gradient of `L(f_adv(X₁), f_adv(X₂))`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn acl_attack_unchecked<E: Encoder + ?Sized>(
     enc: &E,
     p: &Tensor,
@@ -146,6 +152,7 @@ pub(crate) fn acl_attack_unchecked<E: Encoder + ?Sized>(
     tau: f64,
     pgd: &PeerPgd,
     health: &mut Health,
+    mut trace: Option<&mut Vec<Vec<Tensor>>>,
 ) -> Result<(Tensor, Tensor)> {
     let (_, mode) = modes(pgd.bn);
     let _frozen = FrozenParameters::new(enc)?;
@@ -167,12 +174,40 @@ pub(crate) fn acl_attack_unchecked<E: Encoder + ?Sized>(
             health.push_finite("the input gradient of a PGD step", &g2)?;
             x1 = step(&x1, &g1, p, pgd)?;
             x2 = step(&x2, &g2, q, pgd)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(vec![g1, g2]);
+            }
         }
         health.blame("P, Q and eps");
         health.push_finite("the adversarial views", &x1)?;
         health.push_finite("the adversarial views", &x2)?;
         Ok((x1, x2))
     })
+}
+
+/// [`peer_views`] with the input gradient of every PGD step
+/// (`gradients[s][v]`: view `v` at step `s`, before the step moved it), as
+/// the reference's [`clae_reference::peers::peer_attack_trace`]; no side
+/// effects.
+///
+/// ```
+/// use clae_accelerated::{device::Precision, mlp::Mlp, peers::peer_attack_trace};
+/// use clae_reference::{encoder::MlpConfig, loss::LossKind, peers::PeerConfig};
+/// let mlp = Mlp::new(MlpConfig::new(4, 6, 1, 3), 1, tch::Device::Cpu, Precision::F64).unwrap();
+/// let p = tch::Tensor::rand([5, 4], (tch::Kind::Double, tch::Device::Cpu));
+/// let cfg = PeerConfig::acl(LossKind::SimClr);
+/// let (views, gradients) = peer_attack_trace(&mlp, &p, &p, &cfg).unwrap();
+/// assert_eq!((views.len(), gradients.len(), gradients[0].len()), (2, cfg.pgd.steps, 2));
+/// ```
+pub fn peer_attack_trace<E: Encoder + ?Sized>(
+    enc: &E,
+    p: &Tensor,
+    q: &Tensor,
+    cfg: &PeerConfig,
+) -> Result<(Vec<Tensor>, Vec<Vec<Tensor>>)> {
+    let mut gradients = Vec::with_capacity(cfg.pgd.steps.min(1 << 16));
+    let views = attack(enc, p, q, cfg, Some(&mut gradients))?;
+    Ok((views, gradients))
 }
 
 /// The adversarial views of a peer step (ACL `[X₁, X₂]`, RoCL `[X]`), with
@@ -193,6 +228,16 @@ pub fn peer_views<E: Encoder + ?Sized>(
     q: &Tensor,
     cfg: &PeerConfig,
 ) -> Result<Vec<Tensor>> {
+    attack(enc, p, q, cfg, None)
+}
+
+fn attack<E: Encoder + ?Sized>(
+    enc: &E,
+    p: &Tensor,
+    q: &Tensor,
+    cfg: &PeerConfig,
+    trace: Option<&mut Vec<Vec<Tensor>>>,
+) -> Result<Vec<Tensor>> {
     enc.validate()?;
     for_precision!(enc.precision(), F => cfg.validate_for::<F>())?;
     let p = crate::convert::placed(p, enc.device(), enc.precision())?;
@@ -200,13 +245,21 @@ pub fn peer_views<E: Encoder + ?Sized>(
     crate::check::pair_shapes(("P", &p), ("Q", &q), Some(&enc.input_shape()))?;
     enc.check_activations("P", &p)?;
     check_size(enc, cfg, &p)?;
+    if trace.is_some() {
+        let what = "the iterates' gradients of the PGD attack";
+        let kept = clae_reference::check::elements(
+            what,
+            &[cfg.pgd.steps.saturating_add(1), views_of(cfg), p.numel()],
+        )?;
+        for_precision!(enc.precision(), F => clae_reference::check::allocatable::<F>(what, kept))?;
+    }
     crate::check::finite("P", &p)?;
     crate::check::finite("Q", &q)?;
     let mut health = Health::new(enc.precision());
     let views = match cfg.method {
         PeerMethod::Acl => {
             let (x1, x2) =
-                acl_attack_unchecked(enc, &p, &q, cfg.loss, cfg.tau, &cfg.pgd, &mut health)?;
+                acl_attack_unchecked(enc, &p, &q, cfg.loss, cfg.tau, &cfg.pgd, &mut health, trace)?;
             vec![x1, x2]
         }
         PeerMethod::Rocl { .. } => {
@@ -218,6 +271,7 @@ pub fn peer_views<E: Encoder + ?Sized>(
                 cfg.tau,
                 &cfg.pgd,
                 &mut health,
+                trace,
             )?]
         }
     };

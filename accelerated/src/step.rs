@@ -378,11 +378,14 @@ fn peer_run<E: Encoder + ?Sized>(
             // training passes in the reference's order: P, Q clean, views adv
             let views = match cfg.method {
                 PeerMethod::Acl => {
-                    let (x1, x2) = acl_attack_unchecked(enc, &p, &q, loss, tau, &pgd, health)?;
+                    let (x1, x2) =
+                        acl_attack_unchecked(enc, &p, &q, loss, tau, &pgd, health, None)?;
                     vec![x1, x2]
                 }
                 PeerMethod::Rocl { .. } => {
-                    vec![rocl_attack_unchecked(enc, &p, &q, loss, tau, &pgd, health)?]
+                    vec![rocl_attack_unchecked(
+                        enc, &p, &q, loss, tau, &pgd, health, None,
+                    )?]
                 }
             };
             health.blame("P");

@@ -55,10 +55,11 @@ class Encoder:
                        for t in state if t["role"] == "parameter"}
         self.buffers = {t["name"]: tensor(t) for t in state if t["role"] == "buffer"}
 
-    def forward(self, x, branch, track):
-        """Train-mode forward through BatchNorm branch `clean` or `adv`.
-        track=True folds the batch statistics into that branch's running
-        statistics (PyTorch's rule, unbiased running_var: §2).
+    def forward(self, x, branch, track, train=True):
+        """Forward through BatchNorm branch `clean` or `adv`. Train mode
+        (batch statistics): track=True folds them into that branch's running
+        statistics (PyTorch's rule, unbiased running_var: §2). train=False:
+        eval mode, the branch's running statistics, nothing updated (§6.1).
         Returns the embeddings and each backbone layer's pre-BN values."""
         p, pre = self.params, []
         for l in range(self.depth):
@@ -66,9 +67,9 @@ class Encoder:
             pre.append(h.detach())
             bn = f"backbone.{l}.bn.{branch}."
             rm, rv = ((self.buffers[bn + "running_mean"], self.buffers[bn + "running_var"])
-                      if track else (None, None))
+                      if track or not train else (None, None))
             x = F.relu(F.batch_norm(h, rm, rv, p[bn + "weight"], p[bn + "bias"],
-                                    training=True, momentum=self.momentum[branch],
+                                    training=train, momentum=self.momentum[branch],
                                     eps=self.bn_eps))
         x = F.relu(x @ p["head.0.weight"].T + p["head.0.bias"])
         u = x @ p["head.2.weight"].T + p["head.2.bias"]
@@ -206,9 +207,18 @@ def run_case(v):
     total = l_clean + alpha * l_adv
     out["loss_adv"], out["L_total"] = l_adv.item(), total.item()
 
+    optimizer_step(enc, cfg["optimizer"], total, out)
+    out["skip"] = ("identical embeddings" if identical else          # §8.1 table
+                   ill_conditioned([pre_p, pre_q, pre_start, pre_a], cfg["n"],
+                                   cfg["encoder"]["bn_eps"]))
+    return out
+
+
+def optimizer_step(enc, o, total, out):
+    """Back-propagate `total` to every parameter and take one `torch.optim`
+    step (§5); record the state and optimizer state after it in `out`."""
     names = [n for n in enc.names if n in enc.params]
     plist = [enc.params[n] for n in names]
-    o = cfg["optimizer"]
     if o["kind"] == "sgd":    # §5: g += wd p; b = mu b + g (first b = g); p -= lr b
         opt = torch.optim.SGD(plist, lr=o["lr"], momentum=o["momentum"],
                               weight_decay=o["weight_decay"], foreach=False)
@@ -222,9 +232,62 @@ def run_case(v):
     out["optimizer_state_after_step"] = {f"{n}.{key}": val.detach().to(DT)
                                          for n, p in zip(names, plist)
                                          for key, val in opt.state[p].items()}
-    out["skip"] = ("identical embeddings" if identical else          # §8.1 table
-                   ill_conditioned([pre_p, pre_q, pre_start, pre_a], cfg["n"],
-                                   cfg["encoder"]["bn_eps"]))
+
+
+# ------------------------------------------- §6.1 a peer step (peer vectors)
+def run_peer_case(v):
+    """Recompute `expected` of a peer vector (README "Peer vectors"): PGD as
+    the peers run it, from the encoder before the step, then the step."""
+    cfg = v["config"]
+    tau, pgd = cfg["tau"], cfg["pgd"]
+    loss = lambda a, b: LOSSES[cfg["loss"]](a, b, tau)
+    enc = Encoder(cfg["encoder"], v["initial_state"])
+    P, Q = tensor(v["inputs"]["P"]), tensor(v["inputs"]["Q"])
+    n, eps, eta = cfg["n"], pgd["eps"], pgd["eta"]
+    train = pgd["bn"] == "train"          # eval: running statistics, adv branch for the views
+    clamp = (lambda x: x.clamp(*pgd["clamp"])) if pgd["clamp"] else (lambda x: x)
+    starts = [P, Q] if cfg["method"] == "acl" else [P]
+    U = tensor(v["inputs"]["U"]) if v["inputs"]["U"] is not None else None
+    # X0 = clamp(S + eps U), U's rows view after view; or X0 = S.
+    xs = [clamp(s + eps * U[i * n:(i + 1) * n]) if U is not None else s
+          for i, s in enumerate(starts)]
+    f = lambda x, branch: enc.forward(x, branch, track=False, train=train)[0]
+    if cfg["method"] == "rocl":           # anchors: sg f(Q), clean branch
+        w = f(Q, "clean").detach()
+    out, pre_views = {}, []
+    for k in range(pgd["steps"]):
+        leaves = [x.detach().clone().requires_grad_(True) for x in xs]
+        if cfg["method"] == "acl":        # J = L(f_adv(X1), f_adv(X2))
+            J = loss(f(leaves[0], "adv"), f(leaves[1], "adv"))
+        else:                             # J = L(sg f(Q), f_adv(X))
+            J = loss(w, f(leaves[0], "adv"))
+        gs = torch.autograd.grad(J, leaves)
+        if k == 0:
+            out["g"] = torch.cat(gs)
+        xs = [clamp(torch.minimum(torch.maximum(x + eta * torch.sign(g), s - eps), s + eps))
+              for x, g, s in zip(xs, gs, starts)]
+    out["X_adv"] = torch.cat(xs).detach()
+
+    # The step: P, Q clean, then the views adv, each train mode and tracked.
+    zp, pre_p = enc.forward(P, "clean", track=True)
+    zq, pre_q = enc.forward(Q, "clean", track=True)
+    l_clean = loss(zp, zq)
+    out["Z_P"], out["Z_Q"], out["loss"] = zp.detach(), zq.detach(), l_clean.item()
+    out["dL_dZ_P"], out["dL_dZ_Q"] = torch.autograd.grad(l_clean, (zp, zq), retain_graph=True)
+    za = []
+    for x in xs:
+        z, pre = enc.forward(x.detach(), "adv", track=True)
+        za.append(z)
+        pre_views.append(pre)
+    if cfg["method"] == "acl":            # (L(clean pair) + L(adv pair)) / 2
+        l_adv = loss(za[0], za[1])
+        total = 0.5 * l_clean + 0.5 * l_adv
+    else:                                 # L(clean pair) + lambda L(f(Q), f_adv(X))
+        l_adv = loss(zq, za[0])
+        total = l_clean + cfg["weight"] * l_adv
+    out["loss_adv"], out["L_total"] = l_adv.item(), total.item()
+    optimizer_step(enc, cfg["optimizer"], total, out)
+    out["skip"] = ill_conditioned([pre_p, pre_q] + pre_views, n, cfg["encoder"]["bn_eps"])
     return out
 
 
@@ -253,6 +316,8 @@ def compare(v, got, compare_all=False):
     compare_all: also compare what SPEC 8.1 and the pre-BN-bias rules skip."""
     exp, cfg = v["expected"], v["config"]
     adam, n2 = cfg["optimizer"]["kind"] == "adam", cfg["n"] == 2
+    peer = "pgd" in cfg                       # a peer vector: X_adv, eps of the attack
+    view, eps = ("X_adv", cfg["pgd"]["eps"]) if peer else ("Q_adv", cfg["eps"])
     err, notes = {}, []
     for q in ("Z_P", "Z_Q", "dL_dZ_P", "dL_dZ_Q"):
         err[q] = rel_err(got[q], tensor(exp[q]))
@@ -262,7 +327,7 @@ def compare(v, got, compare_all=False):
         return err, notes
 
     # g, and the sign rule on it (§8): signs compared where |g| > 1e-6 max|g|.
-    g_ref, eps = tensor(exp["g"]), cfg["eps"]
+    g_ref = tensor(exp["g"])
     err["g"] = rel_err(got["g"], g_ref)
     decided = g_ref.abs() > SIGN_REL * g_ref.abs().max()
     differ = torch.sign(got["g"]) != torch.sign(g_ref)
@@ -271,10 +336,10 @@ def compare(v, got, compare_all=False):
     err["sign(g) excused share"] = excused.sum().item() / excused.numel()
     if excused.any():
         notes.append(f"{int(excused.sum())} excused sign(s) of g")
-    # Q_adv: exact up to tol; where an excused sign differs, up to 2 eps.
-    qa, qa_ref = got["Q_adv"], tensor(exp["Q_adv"])
+    # The view: exact up to tol; where an excused sign differs, up to 2 eps.
+    qa, qa_ref = got[view], tensor(exp[view])
     allowed = excused & ((qa - qa_ref).abs() <= 2 * eps)
-    err["Q_adv"] = rel_err(torch.where(allowed, qa_ref, qa), qa_ref)
+    err[view] = rel_err(torch.where(allowed, qa_ref, qa), qa_ref)
     if excused.any():                         # §8.1: not compared beyond its loss
         notes.append("excused sign: training step not compared beyond its loss")
         return err, notes
@@ -311,7 +376,7 @@ def compare(v, got, compare_all=False):
 
 
 QUANTITIES = ["Z_P", "Z_Q", "loss", "dL_dZ_P", "dL_dZ_Q", "g", "sign(g) mismatched",
-              "sign(g) excused share", "Q_adv", "loss_adv", "L_total",
+              "sign(g) excused share", "Q_adv", "X_adv", "loss_adv", "L_total",
               "parameters after step", "BN running stats after step",
               "optimizer state after step"]
 
@@ -326,7 +391,8 @@ def main():
     args = ap.parse_args()
 
     start = time.time()
-    files = sorted(glob.glob(os.path.join(args.vectors, "*.json")))
+    files = (sorted(glob.glob(os.path.join(args.vectors, "*.json"))) +
+             sorted(glob.glob(os.path.join(args.vectors, "peers", "*.json"))))
     if not files:
         sys.exit(f"no vectors in {args.vectors}")
     worst = {q: [0, 0.0] for q in QUANTITIES}   # quantity -> [vectors, largest error]
@@ -334,8 +400,9 @@ def main():
     for path in files:
         with open(path) as fh:
             v = json.load(fh)
-        assert v["format"] == "clae-conformance-vector/1", path
-        err, notes = compare(v, run_case(v), args.compare_all)
+        run = {"clae-conformance-vector/1": run_case,
+               "clae-conformance-peer-vector/1": run_peer_case}[v["format"]]
+        err, notes = compare(v, run(v), args.compare_all)
         skipped += any(n.startswith("skipped") for n in notes)
         excused += any("excused" in n for n in notes)
         for q, e in err.items():

@@ -7,6 +7,7 @@ use clae_reference::adversarial::{AdvConfig, Recipe};
 use clae_reference::encoder::{Mlp, MlpConfig, Mode};
 use clae_reference::loss::{LossKind, LossOutput};
 use clae_reference::optim::{Optimizer, OptimizerConfig};
+use clae_reference::peers::{peer_step, PeerConfig};
 use clae_reference::state::StateDict;
 use clae_reference::step::{clae_step, plain_step, ClaeConfig, StepReport};
 use clae_reference::{ClaeError, ErrorKind, Real};
@@ -82,7 +83,13 @@ pub enum StepKind {
     },
     /// CLAE step.
     Clae(ClaeConfig),
+    /// A peer method's step (docs/SPEC.md §6.1: ACL- or RoCL-style).
+    Peer(PeerConfig),
 }
+
+/// What [`Backend::peer_attack`] returns: the views, then `[step][view]`
+/// input gradients.
+pub type PeerTrace = (Vec<Array2<f64>>, Vec<Vec<Array2<f64>>>);
 
 /// The result of several training steps.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +140,15 @@ pub trait Backend {
         adv: &AdvConfig,
         recipe: Recipe,
     ) -> Result<(Array2<f64>, Vec<Array2<f64>>)>;
+    /// A peer attack's views (ACL `[X₁, X₂]`, RoCL `[X]`) and the input
+    /// gradient of every PGD step (`[step][view]`), docs/SPEC.md §6.1.
+    fn peer_attack(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        q: &Array2<f64>,
+        cfg: &PeerConfig,
+    ) -> Result<PeerTrace>;
     /// `batches.len()` training steps from `model` with a fresh optimizer.
     fn train(
         &self,
@@ -256,6 +272,25 @@ impl<F: Real> Backend for Reference<F> {
         Ok((to_f64(&view.q_adv), view.grads.iter().map(to_f64).collect()))
     }
 
+    fn peer_attack(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        q: &Array2<f64>,
+        cfg: &PeerConfig,
+    ) -> Result<PeerTrace> {
+        let mlp = Self::mlp(model)?;
+        let (p, q) = (to_f::<F>(p), to_f::<F>(q));
+        let t = clae_reference::peers::peer_attack_trace(&mlp, p.view(), q.view(), cfg)?;
+        Ok((
+            t.views.iter().map(to_f64).collect(),
+            t.gradients
+                .iter()
+                .map(|s| s.iter().map(to_f64).collect())
+                .collect(),
+        ))
+    }
+
     fn train(
         &self,
         model: &Model,
@@ -273,6 +308,7 @@ impl<F: Real> Backend for Reference<F> {
                     plain_step(&mut mlp, &mut opt, p.view(), q.view(), loss, tau)?
                 }
                 StepKind::Clae(c) => clae_step(&mut mlp, &mut opt, p.view(), q.view(), &c)?,
+                StepKind::Peer(c) => peer_step(&mut mlp, &mut opt, p.view(), q.view(), &c)?,
             };
             reports.push(StepReport {
                 loss_clean: r.loss_clean.as_f64(),
@@ -431,6 +467,29 @@ impl Backend for Torch {
         ))
     }
 
+    fn peer_attack(
+        &self,
+        model: &Model,
+        p: &Array2<f64>,
+        q: &Array2<f64>,
+        cfg: &PeerConfig,
+    ) -> Result<PeerTrace> {
+        let mlp = self.mlp(model)?;
+        let (views, grads) = clae_accelerated::peers::peer_attack_trace(
+            &mlp,
+            &self.tensor(p)?,
+            &self.tensor(q)?,
+            cfg,
+        )?;
+        Ok((
+            views.iter().map(array).collect::<Result<Vec<_>>>()?,
+            grads
+                .iter()
+                .map(|s| s.iter().map(array).collect::<Result<Vec<_>>>())
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
     fn train(
         &self,
         model: &Model,
@@ -450,6 +509,9 @@ impl Backend for Torch {
                 }
                 StepKind::Clae(c) => {
                     clae_accelerated::step::clae_step(&mut mlp, &mut opt, &p, &q, &c)?
+                }
+                StepKind::Peer(c) => {
+                    clae_accelerated::step::peer_step(&mut mlp, &mut opt, &p, &q, &c)?
                 }
             };
             reports.push(StepReport {

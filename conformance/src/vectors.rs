@@ -14,6 +14,8 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+pub mod peers;
+
 /// Value of the `format` field of every vector file.
 pub const FORMAT: &str = "clae-conformance-vector/1";
 
@@ -92,6 +94,34 @@ pub struct OptimizerJson {
     pub eps: f64,
     /// L2 weight decay (added to the gradient).
     pub weight_decay: f64,
+}
+
+impl OptimizerJson {
+    /// The vectors' SGD: `lr 0.03`, momentum 0.9, weight decay `5e-4`.
+    pub fn case_sgd() -> Self {
+        OptimizerJson {
+            kind: "sgd".into(),
+            lr: 0.03,
+            momentum: 0.9,
+            beta1: 0.0,
+            beta2: 0.0,
+            eps: 0.0,
+            weight_decay: 5e-4,
+        }
+    }
+
+    /// The vectors' Adam: `lr 3e-4`, betas (0.9, 0.999), `eps 1e-8`, weight decay `1e-6`.
+    pub fn case_adam() -> Self {
+        OptimizerJson {
+            kind: "adam".into(),
+            lr: 3e-4,
+            momentum: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-6,
+        }
+    }
 }
 
 /// Everything that defines a case besides the data.
@@ -220,13 +250,21 @@ pub fn cpu_features() -> String {
     }
 }
 
-/// Number of committed cases.
-pub const NUM_CASES: usize = 30;
+/// Number of committed cases: 30 small ones and [`NUM_WIDE`] at realistic width.
+pub const NUM_CASES: usize = 32;
+
+/// Number of cases at realistic input width (`D_in` in the hundreds), the last ones.
+pub const NUM_WIDE: usize = 2;
 
 /// The configuration of case `i` (`0 <= i < NUM_CASES`), chosen so that the
 /// set covers every loss, both optimizers, FGSM and PGD, the clamp, both
-/// `Q_start` choices, both recipes, depths 0..=3 and `N` from 2 to 64.
+/// `Q_start` choices, both recipes, depths 0..=3 and `N` from 2 to 64; the
+/// last [`NUM_WIDE`] take `D_in` 256 and 320 (narrow hidden layers keep the
+/// files near 0.6 MB each).
 pub fn case_config(i: usize) -> CaseConfig {
+    if i >= NUM_CASES - NUM_WIDE {
+        return wide_case_config(i - (NUM_CASES - NUM_WIDE));
+    }
     const SIZES: [(usize, usize, usize, usize, usize); 10] = [
         // (N, D_in, hidden, depth, d)
         (2, 3, 4, 1, 2),
@@ -243,25 +281,9 @@ pub fn case_config(i: usize) -> CaseConfig {
     let loss = LossKind::ALL[i % 3];
     let (n, d_in, hidden, depth, d) = SIZES[i % SIZES.len()];
     let optimizer = if (i / 3) % 2 == 0 {
-        OptimizerJson {
-            kind: "sgd".into(),
-            lr: 0.03,
-            momentum: 0.9,
-            beta1: 0.0,
-            beta2: 0.0,
-            eps: 0.0,
-            weight_decay: 5e-4,
-        }
+        OptimizerJson::case_sgd()
     } else {
-        OptimizerJson {
-            kind: "adam".into(),
-            lr: 3e-4,
-            momentum: 0.0,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-6,
-        }
+        OptimizerJson::case_adam()
     };
     // The committed vectors were generated with SimCLR's eps at 0.01, before
     // docs/SPEC.md §5 corrected its default to 0.03; they keep that value (each
@@ -301,6 +323,48 @@ pub fn case_config(i: usize) -> CaseConfig {
     }
 }
 
+/// The cases at realistic width: a plain-loss SGD FGSM lean step at
+/// `N 16, D_in 256` and a SimCLR Adam PGD authors' step at `N 12, D_in 320`.
+fn wide_case_config(j: usize) -> CaseConfig {
+    let (loss, n, d_in, hidden, depth, d) = if j == 0 {
+        (LossKind::Plain, 16, 256, 16, 2, 16)
+    } else {
+        (LossKind::SimClr, 12, 320, 12, 1, 8)
+    };
+    let eps = loss.default_eps();
+    CaseConfig {
+        loss: loss.name().into(),
+        tau: loss.default_tau(),
+        eps,
+        alpha: 1.0,
+        n,
+        d,
+        d_in,
+        encoder: MlpConfig::new(d_in, hidden, depth, d).into(),
+        q_start: "P".into(),
+        attack: if j == 0 {
+            AttackJson {
+                kind: "fgsm".into(),
+                steps: 1,
+                eta: eps,
+            }
+        } else {
+            AttackJson {
+                kind: "pgd".into(),
+                steps: 3,
+                eta: eps / 2.0,
+            }
+        },
+        clamp: None,
+        recipe: if j == 0 { "lean" } else { "authors" }.into(),
+        optimizer: if j == 0 {
+            OptimizerJson::case_sgd()
+        } else {
+            OptimizerJson::case_adam()
+        },
+    }
+}
+
 /// The reference's typed configuration for a case.
 pub fn typed(cfg: &CaseConfig) -> Result<(MlpConfig, ClaeConfig, OptimizerConfig)> {
     let loss: LossKind = cfg.loss.parse()?;
@@ -322,22 +386,7 @@ pub fn typed(cfg: &CaseConfig) -> Result<(MlpConfig, ClaeConfig, OptimizerConfig
         "authors" => Recipe::Authors,
         other => return Err(invalid(format!("unknown recipe `{other}`"))),
     };
-    let o = &cfg.optimizer;
-    let opt = match o.kind.as_str() {
-        "sgd" => OptimizerConfig::Sgd {
-            lr: o.lr,
-            momentum: o.momentum,
-            weight_decay: o.weight_decay,
-        },
-        "adam" => OptimizerConfig::Adam {
-            lr: o.lr,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        },
-        other => return Err(invalid(format!("unknown optimizer `{other}`"))),
-    };
+    let opt = optimizer_typed(&cfg.optimizer)?;
     let clae = ClaeConfig {
         loss,
         tau: cfg.tau,
@@ -353,7 +402,26 @@ pub fn typed(cfg: &CaseConfig) -> Result<(MlpConfig, ClaeConfig, OptimizerConfig
     Ok((cfg.encoder.into(), clae, opt))
 }
 
-fn invalid(message: String) -> ClaeError {
+/// The reference's optimizer configuration for a vector's `optimizer`.
+pub fn optimizer_typed(o: &OptimizerJson) -> Result<OptimizerConfig> {
+    Ok(match o.kind.as_str() {
+        "sgd" => OptimizerConfig::Sgd {
+            lr: o.lr,
+            momentum: o.momentum,
+            weight_decay: o.weight_decay,
+        },
+        "adam" => OptimizerConfig::Adam {
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        },
+        other => return Err(invalid(format!("unknown optimizer `{other}`"))),
+    })
+}
+
+pub(crate) fn invalid(message: String) -> ClaeError {
     ClaeError::InvalidState { message }
 }
 
@@ -466,26 +534,46 @@ pub enum VectorError {
 
 /// Reads one vector file.
 pub fn load(path: &Path) -> std::result::Result<Vector, VectorError> {
+    load_as(path, FORMAT)
+}
+
+/// Reads one file of the given `format` (checked before the rest is parsed).
+pub(crate) fn load_as<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    format: &str,
+) -> std::result::Result<T, VectorError> {
+    #[derive(Deserialize)]
+    struct Head {
+        format: String,
+    }
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| VectorError::Io {
         path: p.clone(),
         source,
     })?;
-    let v: Vector = serde_json::from_str(&text).map_err(|source| VectorError::Json {
+    let json = |source| VectorError::Json {
         path: p.clone(),
         source,
-    })?;
-    if v.format != FORMAT {
+    };
+    let head: Head = serde_json::from_str(&text).map_err(json)?;
+    if head.format != format {
         return Err(VectorError::Content {
             path: p,
-            source: invalid(format!("format `{}`, expected `{FORMAT}`", v.format)),
+            source: invalid(format!("format `{}`, expected `{format}`", head.format)),
         });
     }
-    Ok(v)
+    serde_json::from_str(&text).map_err(json)
 }
 
 /// Reads every `*.json` vector in `dir`, sorted by file name.
 pub fn load_dir(dir: &Path) -> std::result::Result<Vec<Vector>, VectorError> {
+    load_dir_as(dir, FORMAT)
+}
+
+pub(crate) fn load_dir_as<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    format: &str,
+) -> std::result::Result<Vec<T>, VectorError> {
     let io = |source| VectorError::Io {
         path: dir.display().to_string(),
         source,
@@ -493,15 +581,23 @@ pub fn load_dir(dir: &Path) -> std::result::Result<Vec<Vector>, VectorError> {
     let mut paths: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
-    paths.iter().map(|p| load(p)).collect()
+    paths.iter().map(|p| load_as(p, format)).collect()
 }
 
-/// Writes `v` as pretty-printed JSON to `dir/<name>.json`.
+/// Writes `v` as JSON to `dir/<name>.json`.
 pub fn save(v: &Vector, dir: &Path) -> std::result::Result<(), VectorError> {
-    let path = dir.join(format!("{}.json", v.name));
+    save_as(v, &v.name, dir)
+}
+
+pub(crate) fn save_as<T: Serialize>(
+    v: &T,
+    name: &str,
+    dir: &Path,
+) -> std::result::Result<(), VectorError> {
+    let path = dir.join(format!("{name}.json"));
     let p = path.display().to_string();
     let text = serde_json::to_string(v).map_err(|source| VectorError::Json {
         path: p.clone(),

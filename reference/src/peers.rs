@@ -227,6 +227,7 @@ pub(crate) fn rocl_attack<F: Real>(
     loss: LossKind,
     tau: F,
     pgd: &Pgd<F>,
+    mut trace: Option<&mut Vec<Vec<Array2<F>>>>,
 ) -> Result<Array2<F>> {
     let (anchor_mode, mode) = pgd.modes();
     let w = mlp
@@ -245,6 +246,9 @@ pub(crate) fn rocl_attack<F: Real>(
         let g = backward_input_pass(mlp, &fwd, out.grad_z_q.view());
         check_g(&g)?;
         pgd.step(&mut x, &g, p);
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(vec![g]);
+        }
     }
     check_finite_result("P and eps", "the adversarial view", &x)?;
     Ok(x)
@@ -260,6 +264,7 @@ pub(crate) fn acl_attack<F: Real>(
     loss: LossKind,
     tau: F,
     pgd: &Pgd<F>,
+    mut trace: Option<&mut Vec<Vec<Array2<F>>>>,
 ) -> Result<(Array2<F>, Array2<F>)> {
     let (_, mode) = pgd.modes();
     let mut x = pgd.starts(&[p, q]);
@@ -281,6 +286,9 @@ pub(crate) fn acl_attack<F: Real>(
         check_g(&g2)?;
         pgd.step(&mut x1, &g1, p);
         pgd.step(&mut x2, &g2, q);
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(vec![g1, g2]);
+        }
     }
     check_finite_result("P, Q and eps", "the adversarial views", &x1)?;
     check_finite_result("P, Q and eps", "the adversarial views", &x2)?;
@@ -494,11 +502,74 @@ pub fn peer_views<F: Real>(
     let (tau, _, pgd) = check_inputs(mlp, p, q, cfg)?;
     Ok(match cfg.method {
         PeerMethod::Acl => {
-            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd)?;
+            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, None)?;
             vec![x1, x2]
         }
-        PeerMethod::Rocl { .. } => vec![rocl_attack(mlp, p, q, cfg.loss, tau, &pgd)?],
+        PeerMethod::Rocl { .. } => vec![rocl_attack(mlp, p, q, cfg.loss, tau, &pgd, None)?],
     })
+}
+
+/// A peer attack with the input gradient of every PGD step: what a
+/// conformance check needs to tell a sign decided by rounding from a real
+/// difference, and what the conformance vectors record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerAttackTrace<F> {
+    /// The adversarial views: ACL `[X₁, X₂]`, RoCL `[X]`.
+    pub views: Vec<Array2<F>>,
+    /// `gradients[s][v]`: `∇_X J` of view `v` at the iterate of PGD step
+    /// `s` (before that step moved it), in the order of [`Self::views`].
+    pub gradients: Vec<Vec<Array2<F>>>,
+}
+
+/// [`peer_views`] with every step's input gradient, with no side effects.
+/// Keeps `k + 1` arrays per view: checked before anything is allocated.
+///
+/// ```
+/// use ndarray::Array2;
+/// use clae_reference::{encoder::{Mlp, MlpConfig}, loss::LossKind};
+/// use clae_reference::peers::{peer_attack_trace, peer_views, PeerConfig};
+/// let mlp = Mlp::<f64>::new(MlpConfig::new(4, 6, 1, 3), 1).unwrap();
+/// let p = Array2::from_shape_fn((5, 4), |(i, j)| 0.5 + 0.3 * ((i * 4 + j) as f64).sin());
+/// let cfg = PeerConfig::rocl(LossKind::SimClr);
+/// let trace = peer_attack_trace(&mlp, p.view(), p.view(), &cfg).unwrap();
+/// assert_eq!((trace.gradients.len(), trace.gradients[0].len()), (cfg.pgd.steps, 1));
+/// assert_eq!(trace.views, peer_views(&mlp, p.view(), p.view(), &cfg).unwrap());
+/// ```
+pub fn peer_attack_trace<F: Real>(
+    mlp: &Mlp<F>,
+    p: ArrayView2<'_, F>,
+    q: ArrayView2<'_, F>,
+    cfg: &PeerConfig,
+) -> Result<PeerAttackTrace<F>> {
+    let (tau, _, pgd) = check_inputs(mlp, p, q, cfg)?;
+    let what = "the iterates' gradients of the PGD attack";
+    let kept = check::elements(
+        what,
+        &[
+            pgd.steps.saturating_add(1),
+            cfg.views(),
+            p.nrows(),
+            p.ncols(),
+        ],
+    )?;
+    check::allocatable::<F>(what, kept)?;
+    let mut gradients = Vec::with_capacity(pgd.steps);
+    let views = match cfg.method {
+        PeerMethod::Acl => {
+            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, Some(&mut gradients))?;
+            vec![x1, x2]
+        }
+        PeerMethod::Rocl { .. } => vec![rocl_attack(
+            mlp,
+            p,
+            q,
+            cfg.loss,
+            tau,
+            &pgd,
+            Some(&mut gradients),
+        )?],
+    };
+    Ok(PeerAttackTrace { views, gradients })
 }
 
 /// A peer step's losses and gradients, and the running statistics it would
@@ -515,7 +586,7 @@ fn peer_pass<F: Real>(
     let half = F::c(0.5);
     let (objective, view) = match cfg.method {
         PeerMethod::Acl => {
-            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd)?;
+            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, None)?;
             let inputs = [
                 ("P", p, clean),
                 ("Q", q, clean),
@@ -537,7 +608,7 @@ fn peer_pass<F: Real>(
             (weighted_terms(mlp, &inputs, &terms, cfg.loss, tau)?, x1)
         }
         PeerMethod::Rocl { .. } => {
-            let x = rocl_attack(mlp, p, q, cfg.loss, tau, &pgd)?;
+            let x = rocl_attack(mlp, p, q, cfg.loss, tau, &pgd, None)?;
             let inputs = [
                 ("P", p, clean),
                 ("Q", q, clean),

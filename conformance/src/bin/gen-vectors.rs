@@ -1,11 +1,12 @@
-//! Regenerates the committed conformance vectors from the reference.
+//! Regenerates the committed conformance vectors from the reference: the
+//! CLAE cases in `DIR`, the peer cases in `DIR/peers`.
 //!
 //! ```text
 //! cargo run --release -p clae-conformance --bin gen-vectors -- [--seed S] [--out DIR]
 //! ```
 //! Defaults: seed 2020, `conformance/vectors`. Deterministic for a seed.
 
-use clae_conformance::vectors::{generate, save, NUM_CASES};
+use clae_conformance::vectors::{generate, peers, save, NUM_CASES};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,6 +43,20 @@ fn main() -> ExitCode {
             return fail(&e.to_string());
         }
         println!("wrote {}/{}.json", out.display(), v.name);
+    }
+    let peer_dir = out.join("peers");
+    if let Err(e) = std::fs::create_dir_all(&peer_dir) {
+        return fail(&format!("cannot create {}: {e}", peer_dir.display()));
+    }
+    for i in 0..peers::NUM_CASES {
+        let v = match peers::generate(i, seed + 1000) {
+            Ok(v) => v,
+            Err(e) => return fail(&format!("peer case {i}: {e}")),
+        };
+        if let Err(e) = peers::save(&v, &peer_dir) {
+            return fail(&e.to_string());
+        }
+        println!("wrote {}/{}.json", peer_dir.display(), v.name);
     }
     ExitCode::SUCCESS
 }
