@@ -14,6 +14,8 @@ cargo test --workspace
 step "conformance vectors through the Python port written from the docs"
 python=${CLAE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clae}/torch-2.11.0/bin/python
 "$python" conformance/python/port.py
+step "scripts/device-check.sh --dry-run (the GPU check script still finds its way)"
+scripts/device-check.sh --dry-run
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "all checks passed"

@@ -10,6 +10,7 @@ F.normalize, torch.autograd.grad -- for the same encoders as clae-accelerated
   time   time the step kinds in interleaved rounds, one JSON line per sample
   serve  the overhead report's worker: steps timed on request, so that they join
          the report's own interleaved rounds (see cmd_serve)
+  memory peak resident set of one step kind in this fresh process (see cmd_memory)
 
 Standard library and torch only.
 """
@@ -484,6 +485,48 @@ def cmd_serve(args):
         print(json.dumps(reply), flush=True)
 
 
+def proc_status_kb():
+    """(VmRSS, VmHWM) of this process in KiB from /proc/self/status (Linux)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM") and rest.strip().endswith("kB"):
+                fields[key] = int(rest.strip()[:-2])
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def cmd_memory(args):
+    """Peak memory of one step kind, as the overhead report's Rust probes measure theirs
+    (benches/src/overhead/memory.rs): one warm-up step, VmRSS, reset the peak counter
+    (5 > /proc/self/clear_refs), --probe-steps steps, VmHWM. One JSON line:
+    {"before_kb": .., "peak_kb": ..} or {"not_measured": reason}."""
+    kinds, timed = setup(args)
+    if len(kinds) != 1:
+        raise SystemExit("memory: give exactly one step kind in --steps")
+    try:
+        proc_status_kb()
+    except (OSError, KeyError) as e:
+        print(json.dumps({"not_measured": f"/proc/self/status is not readable ({e})"}), flush=True)
+        return
+    timed(kinds[0], 1)
+    before, _ = proc_status_kb()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        print(json.dumps({"not_measured": f"cannot reset the peak-RSS counter ({e})"}), flush=True)
+        return
+    now, hwm = proc_status_kb()
+    if hwm > max(now, before) + 1024:
+        print(json.dumps({"not_measured": f"the kernel did not reset VmHWM ({hwm} kB, VmRSS {now} kB)"}),
+              flush=True)
+        return
+    timed(kinds[0], max(1, args.probe_steps))
+    _, peak = proc_status_kb()
+    print(json.dumps({"before_kb": before, "peak_kb": peak}), flush=True)
+
+
 def add_timing_parser(sub, name, help_text):
     t = sub.add_parser(name, help=help_text)
     t.add_argument("--encoder", type=parse_encoder, required=True,
@@ -500,7 +543,9 @@ def add_timing_parser(sub, name, help_text):
         t.add_argument("--min-sample-ms", type=float, default=50.0)
         t.add_argument("--warmup", type=int, default=2, help="untimed steps per kind before calibration")
         t.add_argument("--peak-rss", action="store_true", help="report ru_maxrss (KiB) before/after")
-    t.set_defaults(func=cmd_time if name == "time" else cmd_serve)
+    if name == "memory":
+        t.add_argument("--probe-steps", type=int, default=2, help="steps after the peak reset")
+    t.set_defaults(func={"time": cmd_time, "serve": cmd_serve, "memory": cmd_memory}[name])
 
 
 def main(argv=None):
@@ -512,7 +557,8 @@ def main(argv=None):
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     c.set_defaults(func=cmd_check)
     for name, help_text in [("time", "time step kinds in interleaved rounds; one JSON line per sample"),
-                            ("serve", "the overhead report's worker: timed steps on request (stdin)")]:
+                            ("serve", "the overhead report's worker: timed steps on request (stdin)"),
+                            ("memory", "peak RSS of one step kind in this process; one JSON line")]:
         add_timing_parser(sub, name, help_text)
     args = ap.parse_args(argv)
     if args.command != "check" and (args.n < 2 or args.threads < 1 or getattr(args, "rounds", 0) < 0):

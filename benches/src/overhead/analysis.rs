@@ -99,6 +99,8 @@ pub struct RunResult {
     pub wall_s: f64,
     /// Notices printed during the run (skipped members, failures).
     pub notices: Vec<String>,
+    /// Peak memory per step, one probe process per member.
+    pub memory: Vec<crate::overhead::memory::MemoryResult>,
 }
 
 /// The measured GEMM peak of every implementation, in GFLOP/s: the fastest
@@ -703,4 +705,115 @@ pub fn model_table(config: &StepConfig) -> Vec<(StepKind, String, u64, u64)> {
             (k, s.passes.to_string(), s.total, s.encoder_gemm)
         })
         .collect()
+}
+
+/// One implementation at one point of a scaling series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePoint {
+    /// The group it came from.
+    pub group_id: String,
+    /// Encoder, batch, loss.
+    pub config: StepConfig,
+    /// Which implementation.
+    pub imp: Impl,
+    /// On the series in `N`.
+    pub on_n: bool,
+    /// On the series in the hidden width.
+    pub on_width: bool,
+    /// Plain step, median seconds.
+    pub plain_s: Option<f64>,
+    /// lean / plain.
+    pub lean: Ratio,
+    /// ACL / plain.
+    pub acl: Ratio,
+    /// The loss evaluations' share of the plain step's FLOPs (model).
+    pub loss_share: f64,
+}
+
+impl ScalePoint {
+    /// The hidden width of the point's MLP (0 for other encoders).
+    pub fn hidden(&self) -> usize {
+        match self.config.model {
+            crate::overhead::plan::Model::Mlp(c) => c.hidden,
+            crate::overhead::plan::Model::ResNet18 { .. } => 0,
+        }
+    }
+}
+
+/// The loss evaluations' share of one `kind` step's FLOPs (FLOP model).
+///
+/// ```
+/// use clae_benches::flops::StepKind;
+/// use clae_benches::overhead::analysis::loss_share;
+/// use clae_benches::overhead::plan::{mlp_sizes, Model, StepConfig};
+/// use clae_reference::loss::LossKind;
+/// let (_, medium, _) = mlp_sizes()[1];
+/// let at = |n| loss_share(&StepConfig { size: "medium", model: Model::Mlp(medium), n, loss: LossKind::SimClr }, StepKind::Plain);
+/// // O(N² d) against O(N): the share grows with N
+/// assert!(at(64) < at(1024) && at(1024) < at(16384) && at(16384) < 1.0);
+/// ```
+pub fn loss_share(config: &StepConfig, kind: StepKind) -> f64 {
+    let s = step_flops(
+        &config.encoder_flops(),
+        kind,
+        config.loss,
+        config.optimizer(),
+    );
+    s.loss_flops as f64 / s.total as f64
+}
+
+/// The smallest power-of-two `N` (up to 2^20) at which the loss terms are
+/// at least `share` of a plain step's FLOPs on `config`'s encoder and
+/// loss; `None` if they never are.
+pub fn loss_share_crossing(config: &StepConfig, share: f64) -> Option<usize> {
+    (1..=20)
+        .map(|e| 1usize << e)
+        .find(|&n| loss_share(&StepConfig { n, ..*config }, StepKind::Plain) >= share)
+}
+
+/// The scaling points of a run, one per (scaling group, implementation),
+/// ordered by hidden width, then `N`.
+pub fn scale_points(run: &RunResult) -> Vec<ScalePoint> {
+    let mut out = Vec::new();
+    for g in &run.groups {
+        let GroupKind::Scaling {
+            config,
+            on_n,
+            on_width,
+        } = g.group.kind
+        else {
+            continue;
+        };
+        let mut imps: Vec<Impl> = g.members.iter().map(|m| m.member.imp).collect();
+        imps.dedup();
+        let enc = config.encoder_flops();
+        for imp in imps {
+            let st = |k: StepKind| {
+                g.find(imp, |t| matches!(t, Task::Step { kind, .. } if *kind == k))
+                    .and_then(|m| m.stats())
+            };
+            let r = |k: StepKind| {
+                let (measured, spread) = ratio(st(k), st(StepKind::Plain));
+                Ratio {
+                    measured,
+                    spread,
+                    model: model_ratio(&enc, k, config.loss, config.optimizer()),
+                    spec: k.spec_ratio(config.loss),
+                }
+            };
+            out.push(ScalePoint {
+                group_id: g.group.id.clone(),
+                config,
+                imp,
+                on_n,
+                on_width,
+                plain_s: st(StepKind::Plain).map(|s| s.median),
+                lean: r(StepKind::Lean),
+                acl: r(StepKind::ACL),
+                loss_share: loss_share(&config, StepKind::Plain),
+            });
+        }
+    }
+    out.sort_by_key(|p| (p.hidden(), p.config.n, p.imp));
+    out
 }

@@ -63,6 +63,16 @@ pub struct Options {
     pub list: bool,
     /// Print the help and exit.
     pub help: bool,
+    /// Skip the peak-memory probes.
+    pub no_memory: bool,
+    /// Steps each memory probe runs after its warm-up step (1..=100).
+    pub memory_steps: usize,
+    /// Hidden (`--memory-probe SPEC`): be one memory probe for this member
+    /// and print its reading ([`crate::overhead::memory`]).
+    pub memory_probe: Option<crate::overhead::plan::Member>,
+    /// The `overhead-report` executable the memory probes run (not an
+    /// option; `None`: this process's own executable).
+    pub probe_exe: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -78,6 +88,10 @@ impl Default for Options {
             max_foreign_cpus: Some(0.5),
             list: false,
             help: false,
+            no_memory: false,
+            memory_steps: crate::overhead::memory::DEFAULT_STEPS,
+            memory_probe: None,
+            probe_exe: None,
         }
     }
 }
@@ -102,6 +116,8 @@ OPTIONS:
     --time-scale X       multiply every group's time budget by X > 0 [default: 1]
     --threads N          threads for libtorch and the reference's GEMM (1..=4096)
     --no-profile         skip the profile of the reference step
+    --no-memory          skip the peak-memory probes (one process per member)
+    --memory-steps K     steps per memory probe after its warm-up step (1..=100) [default: 1]
     --max-foreign X      discard and rerun a round during which other processes
                          kept more than X CPUs busy (X >= 0, or `off`) [default: 0.5]
     --cooldown MS        untimed pause before every sample, in ms (0..=1000) [default: 20]
@@ -242,6 +258,24 @@ pub fn parse(args: &[String]) -> Result<Options, CliError> {
                     }
                 }
             }
+            "--memory-steps" => {
+                let v = take(&mut it)?;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=100).contains(&n) => o.memory_steps = n,
+                    _ => {
+                        return Err(CliError::InvalidValue {
+                            option: name.into(),
+                            value: v,
+                            expected: "an integer in 1..=100".into(),
+                        })
+                    }
+                }
+            }
+            "--memory-probe" => {
+                let v = take(&mut it)?;
+                o.memory_probe = Some(crate::overhead::memory::parse_probe_spec(&v)?);
+            }
+            "--no-memory" => o.no_memory = true,
             "--no-profile" => o.no_profile = true,
             "--list" => o.list = true,
             "-h" | "--help" => o.help = true,
@@ -262,9 +296,15 @@ mod tests {
     #[test]
     fn parses_every_option() {
         let o = parse(&args(
-            "--out /tmp/x --only gemm,loss --only large --threads 2 --no-profile --list",
+            "--out /tmp/x --only gemm,loss --only large --threads 2 --no-profile --list --no-memory --memory-steps 3",
         ))
         .unwrap();
+        assert!(o.no_memory && o.memory_steps == 3 && o.memory_probe.is_none());
+        let probe = parse(&args(
+            "--memory-probe reference/f32/medium/mlp:784,1024,2,128/256/simclr/rocl",
+        ))
+        .unwrap();
+        assert!(probe.memory_probe.is_some());
         assert_eq!(o.out, PathBuf::from("/tmp/x"));
         assert_eq!(o.only, vec!["gemm", "loss", "large"]);
         assert_eq!(o.threads, Some(2));
@@ -298,6 +338,14 @@ mod tests {
         assert!(matches!(
             parse(&args("--full --quick")),
             Err(CliError::Conflict(..))
+        ));
+        assert!(matches!(
+            parse(&args("--memory-steps 0")),
+            Err(CliError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            parse(&args("--memory-probe tch-cpu/f32")),
+            Err(CliError::InvalidValue { .. })
         ));
         assert!(matches!(
             parse(&args("full")),

@@ -14,9 +14,13 @@
 //! * [`profile`] — where the time of a reference step goes (GEMMs versus
 //!   elementwise work and bookkeeping), next to libtorch's time for the same
 //!   products;
+//! * [`memory`] — peak resident memory per step, one fresh process per
+//!   member (the binary re-runs itself as a probe; PyTorch eager probes
+//!   itself);
 //! * [`analysis`] — ratios, GFLOP/s, fractions of the GEMM peak, and the
 //!   issue's targets, each met or missed with the reason;
-//! * [`report`] and [`charts`] — Markdown, CSV and SVG output;
+//! * [`report`] and [`charts`] — Markdown, CSV and SVG output (the
+//!   per-encoder cost chart, the scaling chart in `N` and width);
 //! * [`cli`] and [`run`] — the `overhead-report` binary's options and main loop.
 //!
 //! Timings never decide a test: the tests of this module check that files
@@ -27,6 +31,7 @@ pub mod charts;
 pub mod cli;
 pub mod eager;
 pub mod measure;
+pub mod memory;
 pub mod plan;
 pub mod profile;
 pub mod report;

@@ -7,6 +7,7 @@
 use crate::flops::{
     gemm, loss_flops, step_flops, EncoderFlops, OptimizerKind, ResNetShape, StepKind,
 };
+use crate::overhead::memory::MemoryProbe;
 use crate::overhead::{Backend, Impl};
 use clae_reference::encoder::MlpConfig;
 use clae_reference::loss::LossKind;
@@ -188,6 +189,16 @@ pub enum GroupKind {
     },
     /// Plain, lean, authors', ACL and RoCL steps of one configuration.
     Step(StepConfig),
+    /// One point of the scaling series ([`scaling_groups`]): plain, lean
+    /// and ACL steps of one configuration.
+    Scaling {
+        /// Encoder, batch and loss.
+        config: StepConfig,
+        /// A point of the series in `N` (fixed encoder).
+        on_n: bool,
+        /// A point of the series in the hidden width (fixed `N`).
+        on_width: bool,
+    },
 }
 
 /// Members measured side by side in interleaved rounds.
@@ -229,6 +240,72 @@ pub struct Plan {
     pub groups: Vec<Group>,
     /// Where the reference step's time goes.
     pub profile: Option<ProfilePlan>,
+    /// Peak-memory probes, one fresh process each
+    /// ([`crate::overhead::memory`]).
+    pub memory: Vec<MemoryProbe>,
+}
+
+/// The step kinds of a scaling group: plain, CLAE lean, ACL (PGD-5).
+pub const SCALING_KINDS: [StepKind; 3] = [StepKind::Plain, StepKind::Lean, StepKind::ACL];
+
+/// The loss of the scaling series: SimCLR (NT-Xent, the peers' own loss,
+/// and the loss whose `2N x 2N` similarity grows fastest with `N`).
+pub const SCALING_LOSS: LossKind = LossKind::SimClr;
+
+/// One scaling series' points: `Ns` on the encoder `base` (hidden width
+/// `base.hidden`), and hidden `widths` at `N = n_fixed` (the point at
+/// `(base.hidden, n_fixed)` is measured once and belongs to both series).
+/// Each group runs plain, lean and ACL steps ([`SCALING_KINDS`]) with
+/// [`SCALING_LOSS`] on every implementation in `imps`; `budget_s(n, width)`
+/// gives each group's budget.
+pub fn scaling_groups(
+    base: MlpConfig,
+    ns: &[usize],
+    widths: &[usize],
+    n_fixed: usize,
+    imps: &[Impl],
+    budget_s: impl Fn(usize, usize) -> f64,
+) -> Vec<Group> {
+    let mut points: Vec<(usize, usize)> = ns.iter().map(|&n| (n, base.hidden)).collect();
+    for &w in widths {
+        if !points.contains(&(n_fixed, w)) {
+            points.push((n_fixed, w));
+        }
+    }
+    points
+        .into_iter()
+        .map(|(n, hidden)| {
+            let model = Model::Mlp(MlpConfig { hidden, ..base });
+            let config = StepConfig {
+                size: "scaling",
+                model,
+                n,
+                loss: SCALING_LOSS,
+            };
+            let members = imps
+                .iter()
+                .flat_map(|&imp| {
+                    SCALING_KINDS.map(|kind| Member {
+                        imp,
+                        task: Task::Step { config, kind },
+                    })
+                })
+                .collect();
+            Group {
+                id: format!("scale-h{hidden}-n{n}"),
+                title: format!("scaling: {config}"),
+                kind: GroupKind::Scaling {
+                    config,
+                    on_n: hidden == base.hidden && ns.contains(&n),
+                    on_width: n == n_fixed && widths.contains(&hidden),
+                },
+                members,
+                budget_s: budget_s(n, hidden),
+                min_rounds: 5,
+                max_rounds: 21,
+            }
+        })
+        .collect()
 }
 
 fn step_group(
@@ -366,6 +443,27 @@ impl Plan {
         for (n, budget) in [(1024, 25.0), (256, 10.0), (64, 6.0)] {
             groups.push(loss_group(n, 128, &loss_imps, budget));
         }
+        let memory = crate::overhead::memory::probes_of(&groups);
+        // Scaling: the medium MLP (784-1024x2-128) at N 64..1024, and its
+        // hidden width 256..2048 at N 256; about two minutes of budget
+        // (a round's time grows about linearly with N and with the
+        // parameters, so the budgets do too).
+        let (_, medium, _) = mlp_sizes()[1];
+        groups.extend(scaling_groups(
+            medium,
+            &[64, 128, 256, 512, 1024],
+            &[256, 512, 1024, 2048],
+            256,
+            &[Impl::TCH_CPU_F32, Impl::REF_F32],
+            |n, h| match (n, h) {
+                (_, 2048) => 16.0,
+                (1024, _) => 18.0,
+                (512, _) => 12.0,
+                (256, 1024) => 8.0,
+                (128, _) | (_, 512) => 5.0,
+                _ => 4.0,
+            },
+        ));
         Plan {
             name: "cpu".into(),
             groups,
@@ -374,6 +472,7 @@ impl Plan {
                 n,
                 reps: 7,
             }),
+            memory,
         }
     }
 
@@ -408,7 +507,7 @@ impl Plan {
                         })
                         .collect()
                 }
-                GroupKind::Step(_) => vec![],
+                GroupKind::Step(_) | GroupKind::Scaling { .. } => vec![],
             };
             g.members.extend(extra);
         }
@@ -454,32 +553,60 @@ impl Plan {
             n: 32,
             loss: LossKind::Plain,
         };
+        let mut groups = vec![
+            gemm_group(256, &[Impl::REF_F32, Impl::TCH_CPU_F32], 0.5),
+            loss_group(64, 32, &[Impl::REF_F32, Impl::TCH_CPU_F32], 0.5),
+            step_group(
+                config,
+                &[Impl::REF_F32, Impl::TCH_CPU_F32, Impl::EAGER_CPU_F32],
+                1.0,
+                3,
+                9,
+            ),
+        ];
+        // Memory: plain and lean of every implementation (one process each).
+        let memory = crate::overhead::memory::probes_of(&groups)
+            .into_iter()
+            .filter(|p| {
+                matches!(p.member.task, Task::Step { kind, .. } if matches!(kind, StepKind::Plain | StepKind::Lean))
+            })
+            .collect();
+        groups.extend(scaling_groups(
+            cfg,
+            &[16, 32],
+            &[64, 128],
+            32,
+            &[Impl::TCH_CPU_F32],
+            |_, _| 0.3,
+        ));
+        for g in &mut groups[3..] {
+            (g.min_rounds, g.max_rounds) = (3, 5);
+        }
         Plan {
             name: "quick".into(),
-            groups: vec![
-                gemm_group(256, &[Impl::REF_F32, Impl::TCH_CPU_F32], 0.5),
-                loss_group(64, 32, &[Impl::REF_F32, Impl::TCH_CPU_F32], 0.5),
-                step_group(
-                    config,
-                    &[Impl::REF_F32, Impl::TCH_CPU_F32, Impl::EAGER_CPU_F32],
-                    1.0,
-                    3,
-                    9,
-                ),
-            ],
+            groups,
             profile: Some(ProfilePlan {
                 config: cfg,
                 n: 32,
                 reps: 3,
             }),
+            memory,
         }
     }
 
     /// Keeps only the groups whose id contains one of `patterns` (all when empty).
+    ///
+    /// Memory probes are kept when their step group's id matches, or when a
+    /// pattern is part of `memory` (`--only memory` keeps them all).
     pub fn retain_groups(&mut self, patterns: &[String]) {
         if !patterns.is_empty() {
             self.groups
                 .retain(|g| patterns.iter().any(|p| g.id.contains(p.as_str())));
+            self.memory.retain(|m| {
+                patterns
+                    .iter()
+                    .any(|p| m.group_id.contains(p.as_str()) || "memory".contains(p.as_str()))
+            });
         }
     }
 
@@ -533,5 +660,57 @@ mod tests {
         let mut plan = Plan::cpu();
         plan.retain_groups(&["loss".to_string()]);
         assert_eq!(plan.groups.len(), 3);
+        assert!(plan.memory.is_empty());
+        let mut plan = Plan::cpu();
+        plan.retain_groups(&["memory".to_string()]);
+        assert!(plan.groups.is_empty());
+        assert_eq!(plan.memory.len(), Plan::cpu().memory.len());
+    }
+
+    #[test]
+    fn memory_probes_cover_every_cpu_step_member() {
+        let plan = Plan::cpu();
+        let steps: usize = plan
+            .groups
+            .iter()
+            .filter(|g| matches!(g.kind, GroupKind::Step(_)))
+            .map(|g| g.members.len())
+            .sum();
+        assert_eq!(plan.memory.len(), steps);
+        // 3 implementations x 5 kinds x 4 MLP configurations + 2 x 5 ResNet
+        assert_eq!(steps, 70);
+    }
+
+    #[test]
+    fn scaling_series_share_their_common_point() {
+        let plan = Plan::cpu();
+        let pts: Vec<(usize, usize, bool, bool)> = plan
+            .groups
+            .iter()
+            .filter_map(|g| match g.kind {
+                GroupKind::Scaling {
+                    config:
+                        StepConfig {
+                            model: Model::Mlp(c),
+                            n,
+                            ..
+                        },
+                    on_n,
+                    on_width,
+                } => Some((n, c.hidden, on_n, on_width)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pts.iter().filter(|p| p.2).count(), 5);
+        assert_eq!(pts.iter().filter(|p| p.3).count(), 4);
+        assert_eq!(pts.len(), 8);
+        assert!(pts.contains(&(256, 1024, true, true)));
+        let budget: f64 = plan
+            .groups
+            .iter()
+            .filter(|g| matches!(g.kind, GroupKind::Scaling { .. }))
+            .map(|g| g.budget_s)
+            .sum();
+        assert!(budget <= 150.0, "scaling budget {budget} s");
     }
 }

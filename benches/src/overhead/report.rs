@@ -3,29 +3,36 @@
 //! Files: `report.md` (everything, for people), `summary.md` (the summary
 //! table the README shows), `measurements.csv` (one row per measured member),
 //! `steps.csv` (one row per step configuration and implementation, with the
-//! ratios), `targets.csv`, and the charts `ratios.svg` and
-//! `peak_fraction.svg` (see [`crate::overhead::charts`]).
+//! ratios), `targets.csv`, `memory.csv` (peak memory per step and member),
+//! `scaling.csv` (the scaling series), and the charts `ratios.svg`,
+//! `peak_fraction.svg`, `cost.svg` and `scaling.svg` (see
+//! [`crate::overhead::charts`]).
 
 use crate::flops::{BackwardKind, StepKind};
 use crate::overhead::analysis::{
-    check_targets, gemm_peaks, loss_rows, model_table, step_rows, Outcome, Ratio, RunResult,
-    Status, StepRow,
+    check_targets, gemm_peaks, loss_rows, loss_share, loss_share_crossing, model_table,
+    scale_points, step_rows, Outcome, Ratio, RunResult, Status, StepRow,
 };
 use crate::overhead::charts;
+use crate::overhead::memory::{plain_of, MemoryOutcome, MemoryResult};
 use crate::overhead::plan::{GroupKind, Task};
 use crate::overhead::{BenchError, Impl, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Names of the files [`write_report`] writes, in order.
-pub const FILES: [&str; 7] = [
+pub const FILES: [&str; 11] = [
     "report.md",
     "summary.md",
     "measurements.csv",
     "steps.csv",
     "targets.csv",
+    "memory.csv",
+    "scaling.csv",
     "ratios.svg",
     "peak_fraction.svg",
+    "cost.svg",
+    "scaling.svg",
 ];
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
@@ -49,13 +56,21 @@ pub fn write_report(run: &RunResult, dir: &Path) -> Result<Vec<PathBuf>> {
         write(dir, FILES[2], &measurements_csv(run))?,
         write(dir, FILES[3], &steps_csv(run))?,
         write(dir, FILES[4], &targets_csv(run))?,
+        write(dir, FILES[5], &memory_csv(run))?,
+        write(dir, FILES[6], &scaling_csv(run))?,
     ];
     let rows = step_rows(run);
-    let p = dir.join(FILES[5]);
+    let p = dir.join(FILES[7]);
     charts::ratio_chart(&rows, &p)?;
     out.push(p);
-    let p = dir.join(FILES[6]);
+    let p = dir.join(FILES[8]);
     charts::peak_fraction_chart(&rows, &p)?;
+    out.push(p);
+    let p = dir.join(FILES[9]);
+    charts::cost_chart(&rows, &p)?;
+    out.push(p);
+    let p = dir.join(FILES[10]);
+    charts::scaling_chart(&scale_points(run), &p)?;
     out.push(p);
     Ok(out)
 }
@@ -246,6 +261,9 @@ pub fn markdown(run: &RunResult) -> String {
         );
     }
     s.push_str("\n![measured and modelled overhead ratios](ratios.svg)\n");
+    s.push_str("\nThe same ratios per encoder and method, one dot per implementation, the FLOP model's ratio as a black bar:\n\n![step cost relative to plain, per encoder](cost.svg)\n");
+    scaling_markdown(run, &mut s);
+    memory_markdown(run, &mut s);
 
     s.push_str("\n## Achieved GFLOP/s as a fraction of the GEMM peak\n\n");
     let _ = write!(
@@ -697,6 +715,246 @@ pub fn steps_csv(run: &RunResult) -> String {
     s
 }
 
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+/// Memory results in table order: configuration, implementation, step kind.
+fn sorted_memory(run: &RunResult) -> Vec<&MemoryResult> {
+    let mut v: Vec<&MemoryResult> = run.memory.iter().collect();
+    v.sort_by_key(|r| match r.probe.member.task {
+        Task::Step { config, kind } => (
+            crate::overhead::analysis::size_rank(config.size),
+            config.n,
+            config.loss.name(),
+            r.probe.member.imp,
+            kind.index(),
+        ),
+        _ => (usize::MAX, 0, "", r.probe.member.imp, 0),
+    });
+    v
+}
+
+/// `(increase / plain's increase, peak / plain's peak)` of a memory result.
+fn memory_ratios(run: &RunResult, r: &MemoryResult) -> (Option<f64>, Option<f64>) {
+    let (Some(m), Some(p)) = (
+        r.reading(),
+        plain_of(&run.memory, r).and_then(|p| p.reading()),
+    ) else {
+        return (None, None);
+    };
+    let inc = (p.increase_kb() > 0).then(|| m.increase_kb() as f64 / p.increase_kb() as f64);
+    let peak = (p.peak_kb > 0).then(|| m.peak_kb as f64 / p.peak_kb as f64);
+    (inc, peak)
+}
+
+fn memory_markdown(run: &RunResult, s: &mut String) {
+    if run.memory.is_empty() {
+        return;
+    }
+    let steps = run.memory.first().map(|r| r.steps).unwrap_or(0);
+    let _ = write!(
+        s,
+        "\n## Peak memory per step\n\nEvery member in a fresh process of its own, so that members do not share allocator caches or libtorch's and Python's pools (the reference and libtorch: `overhead-report` runs itself again as a probe of that one workload; PyTorch eager: `eager.py memory`). Each probe builds its workload, runs one warm-up step, reads its resident set (*before*: `VmRSS`), resets the kernel's peak-RSS counter (`5` written to `/proc/self/clear_refs`), runs {steps} steps and reads the peak (`VmHWM`). Probes allocate with `GLIBC_TUNABLES={}` (blocks from 128 KiB mapped and unmapped on their own, free heap top returned beyond 128 KiB), so that what a step frees leaves the resident set before the next one; the timed groups keep freed memory instead (machine table), under which the warm-up step's memory would stay resident and every increase read about zero. *Increase* = peak − before: what a step allocates beyond what stays resident between steps (parameters, optimizer state, the batch, libraries, allocator caches). Ratios are to the plain step of the same implementation and configuration. A resident set includes each runtime's code and caches (libtorch's libraries in every Rust probe, the interpreter and torch in PyTorch's), so compare across implementations by the increase, not the peak.\n\n",
+        crate::overhead::memory::PROBE_MALLOC
+    );
+    s.push_str("| configuration | implementation | step | before | peak | increase | increase / plain | peak / plain |\n|---|---|---|---:|---:|---:|---:|---:|\n");
+    for r in sorted_memory(run) {
+        let Task::Step { config, kind } = r.probe.member.task else {
+            continue;
+        };
+        let (inc_r, peak_r) = memory_ratios(run, r);
+        let f = |x: Option<f64>| opt(x, |v| format!("{v:.2}"));
+        match &r.outcome {
+            MemoryOutcome::Measured(m) => {
+                let _ = writeln!(
+                    s,
+                    "| {config} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.probe.member.imp,
+                    kind.label(),
+                    mib(m.before_kb),
+                    mib(m.peak_kb),
+                    mib(m.increase_kb()),
+                    f(inc_r),
+                    f(peak_r)
+                );
+            }
+            MemoryOutcome::NotMeasured(why) => {
+                let _ = writeln!(
+                    s,
+                    "| {config} | {} | {} | not measured: {} | — | — | — | — |",
+                    r.probe.member.imp,
+                    kind.label(),
+                    why.replace('|', "/")
+                );
+            }
+        }
+    }
+}
+
+fn scaling_markdown(run: &RunResult, s: &mut String) {
+    let points = scale_points(run);
+    let Some(first) = points.first() else {
+        return;
+    };
+    let mut imps: Vec<String> = points.iter().map(|p| p.imp.to_string()).collect();
+    imps.dedup();
+    imps.sort();
+    imps.dedup();
+    let n_base = points.iter().find(|p| p.on_n).map(|p| p.config);
+    let w_base = points.iter().find(|p| p.on_width).map(|p| p.config.n);
+    let _ = write!(
+        s,
+        "\n## Scaling with N and the encoder's width\n\nPlain, CLAE lean and ACL (PGD-5) steps with the {} loss (NT-Xent, the peers' own loss; the authors' Adam), {}: one group per point, its members measured side by side in interleaved rounds like every group; measured ratios in bold, the exact FLOP model's in parentheses. The series in `N` keeps the encoder{}; the series in the width keeps `N`{} and varies the hidden width `h` of every hidden layer.\n\n",
+        first.config.loss,
+        imps.join(" and "),
+        n_base.map(|c| format!(" ({})", c.model)).unwrap_or_default(),
+        w_base.map(|n| format!(" ({n})")).unwrap_or_default(),
+    );
+    s.push_str("| series | N | h | implementation | plain step | lean / plain | ACL / plain | loss share of the plain step's FLOPs (model) |\n|---|---:|---:|---|---:|---:|---:|---:|\n");
+    for p in &points {
+        let series = match (p.on_n, p.on_width) {
+            (true, true) => "N and h",
+            (true, false) => "N",
+            (false, true) => "h",
+            (false, false) => "—",
+        };
+        let _ = writeln!(
+            s,
+            "| {series} | {} | {} | {} | {} | {} | {} | {:.1}% |",
+            p.config.n,
+            p.hidden(),
+            p.imp,
+            opt(p.plain_s, ms),
+            ratio_cell(&p.lean),
+            ratio_cell(&p.acl),
+            100.0 * p.loss_share
+        );
+    }
+    if let Some(base) = n_base {
+        let shares: Vec<String> = [64usize, 256, 1024, 4096, 16384]
+            .iter()
+            .map(|&n| {
+                let c = crate::overhead::plan::StepConfig { n, ..base };
+                format!(
+                    "{:.1}% at N {n}",
+                    100.0 * loss_share(&c, crate::flops::StepKind::Plain)
+                )
+            })
+            .collect();
+        let cross = |share: f64| {
+            loss_share_crossing(&base, share)
+                .map(|n| format!("N {n}"))
+                .unwrap_or_else(|| "no N up to 2^20".into())
+        };
+        let _ = writeln!(
+            s,
+            "\nWhere the O(N²d) loss terms start to matter, from the FLOP model of this encoder ({}, {} loss): the loss evaluations (forward and both gradients) are {} of a plain step's FLOPs, against O(N) for the encoder passes; they first reach 5% at {}, 10% at {} and 50% at {}. Below that the step ratios are set by the encoder passes, which is why lean / plain and ACL / plain stay nearly flat in `N` here; the width series changes the encoder's share instead (a wider encoder makes the loss terms relatively smaller). The adversarial steps' own loss evaluations (one per PGD step for ACL) are counted in their ratios.",
+            base.model,
+            base.loss,
+            shares.join(", "),
+            cross(0.05),
+            cross(0.10),
+            cross(0.5)
+        );
+    }
+    s.push_str("\n![lean / plain and ACL / plain in N and in the width](scaling.svg)\n");
+}
+
+/// One row per memory probe: the reading, its ratios to the plain step of
+/// the same implementation and configuration, or why there is none.
+pub fn memory_csv(run: &RunResult) -> String {
+    let mut s = csv_line(
+        &[
+            "group",
+            "config",
+            "backend",
+            "precision",
+            "step",
+            "steps",
+            "before_kb",
+            "peak_kb",
+            "increase_kb",
+            "increase_over_plain",
+            "peak_over_plain",
+            "status",
+            "note",
+        ]
+        .map(String::from),
+    );
+    for r in sorted_memory(run) {
+        let Task::Step { config, kind } = r.probe.member.task else {
+            continue;
+        };
+        let (inc_r, peak_r) = memory_ratios(run, r);
+        let m = r.reading();
+        let (status, note) = match &r.outcome {
+            MemoryOutcome::Measured(_) => ("measured", String::new()),
+            MemoryOutcome::NotMeasured(w) => ("not measured", w.clone()),
+        };
+        s.push_str(&csv_line(&[
+            r.probe.group_id.clone(),
+            format!("{} N{} {}", config.size, config.n, config.loss),
+            r.probe.member.imp.backend.name().into(),
+            r.probe.member.imp.precision.name().into(),
+            kind.name().into(),
+            r.steps.to_string(),
+            m.map(|m| m.before_kb.to_string()).unwrap_or_default(),
+            m.map(|m| m.peak_kb.to_string()).unwrap_or_default(),
+            m.map(|m| m.increase_kb().to_string()).unwrap_or_default(),
+            num(inc_r),
+            num(peak_r),
+            status.into(),
+            note,
+        ]));
+    }
+    s
+}
+
+/// One row per scaling point and implementation.
+pub fn scaling_csv(run: &RunResult) -> String {
+    let mut s = csv_line(
+        &[
+            "group",
+            "model",
+            "n",
+            "hidden",
+            "loss",
+            "backend",
+            "precision",
+            "on_n",
+            "on_width",
+            "plain_s",
+            "lean_over_plain",
+            "lean_over_plain_model",
+            "acl_over_plain",
+            "acl_over_plain_model",
+            "loss_share_plain_model",
+        ]
+        .map(String::from),
+    );
+    for p in scale_points(run) {
+        s.push_str(&csv_line(&[
+            p.group_id.clone(),
+            p.config.model.to_string(),
+            p.config.n.to_string(),
+            p.hidden().to_string(),
+            p.config.loss.to_string(),
+            p.imp.backend.name().into(),
+            p.imp.precision.name().into(),
+            p.on_n.to_string(),
+            p.on_width.to_string(),
+            num(p.plain_s),
+            num(p.lean.measured),
+            num(Some(p.lean.model)),
+            num(p.acl.measured),
+            num(Some(p.acl.model)),
+            num(Some(p.loss_share)),
+        ]));
+    }
+    s
+}
+
 /// One row per checked target.
 pub fn targets_csv(run: &RunResult) -> String {
     let mut s = csv_line(&["target", "scope", "measured", "status", "reason"].map(String::from));
@@ -776,6 +1034,26 @@ mod tests {
             load_before: "0 0 0".into(),
             load_after: "0 0 0".into(),
         };
+        // Made-up memory: the peak grows with the step's FLOPs; the first
+        // probe is not measured (with a comma and a bar in the reason).
+        let memory = plan
+            .memory
+            .iter()
+            .enumerate()
+            .map(|(i, p)| MemoryResult {
+                probe: p.clone(),
+                steps: 2,
+                outcome: if i == 0 {
+                    MemoryOutcome::NotMeasured("no /proc, here | there".into())
+                } else {
+                    let before_kb = 100_000;
+                    MemoryOutcome::Measured(crate::overhead::memory::MemoryReading {
+                        before_kb,
+                        peak_kb: before_kb + p.member.task.flops() / 1_000_000,
+                    })
+                },
+            })
+            .collect();
         RunResult {
             plan_name: "synthetic".into(),
             command: "overhead-report --synthetic".into(),
@@ -784,6 +1062,7 @@ mod tests {
             profile: None,
             wall_s: 1.0,
             notices: vec!["a notice".into()],
+            memory,
         }
     }
 
@@ -845,9 +1124,27 @@ mod tests {
             "## Targets",
             "## FLOP model",
             "## Notices",
+            "## Peak memory per step",
+            "## Scaling with N and the encoder's width",
+            "(cost.svg)",
+            "(scaling.svg)",
         ] {
             assert!(md.contains(section), "missing {section}");
         }
+        // Every probe has a row; the unmeasured one says so, and measured
+        // ratios to plain are there (plain's own is 1).
+        let memory = std::fs::read_to_string(dir.join("memory.csv")).unwrap();
+        assert_eq!(memory.lines().count(), 1 + run.memory.len());
+        assert!(memory.contains("not measured,\"no /proc, here | there\""));
+        assert!(memory.contains(",plain,2,100000,"));
+        assert!(md.contains("not measured: no /proc, here / there"));
+        // 8 scaling points x 2 implementations, both series drawn
+        let scaling = std::fs::read_to_string(dir.join("scaling.csv")).unwrap();
+        assert_eq!(scaling.lines().count(), 1 + 16);
+        let svg = std::fs::read_to_string(dir.join("scaling.svg")).unwrap();
+        assert!(svg.contains("in N (") && svg.contains("in the hidden width"));
+        let cost = std::fs::read_to_string(dir.join("cost.svg")).unwrap();
+        assert!(cost.contains("ACL (PGD-5)") && cost.contains("FLOP model"));
         // Synthetic times follow the model exactly, so the lean target is met
         // and the CUDA members are reported as skipped, not silently dropped.
         let targets = std::fs::read_to_string(dir.join("targets.csv")).unwrap();

@@ -5,6 +5,9 @@ use crate::machine::{load_average, Machine};
 use crate::overhead::analysis::{GroupResult, MemberResult, Outcome, RunResult};
 use crate::overhead::cli::{Options, PlanName, HELP};
 use crate::overhead::measure::{measure_interleaved, Progress, RoundPolicy, Workload};
+use crate::overhead::memory::{
+    probe_here, probe_in_child, reply_line, MemoryOutcome, MemoryResult,
+};
 use crate::overhead::plan::{GroupKind, Plan};
 use crate::overhead::profile::profile_reference;
 use crate::overhead::report::{summary_markdown, write_report};
@@ -36,7 +39,25 @@ pub fn plan_for(opts: &Options) -> Plan {
     if opts.no_profile || !profile_selected {
         plan.profile = None;
     }
+    if opts.no_memory {
+        plan.memory.clear();
+    }
     plan
+}
+
+/// A rough forecast of one memory probe's seconds (process start, libtorch
+/// or Python start, the workload's setup and steps).
+fn memory_forecast(m: &crate::overhead::plan::Member) -> f64 {
+    let step_s = match m.task {
+        crate::overhead::plan::Task::Step { config, kind } => config.step_flops(kind) as f64 / 30e9,
+        _ => 0.0,
+    };
+    let start = if m.imp.backend == Backend::EagerCpu {
+        3.0
+    } else {
+        1.0
+    };
+    start + 3.0 * step_s
 }
 
 /// A rough forecast of a group's seconds (budget plus warm-up and calibration).
@@ -94,7 +115,12 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
         .iter()
         .map(|g| forecast(g.budget_s))
         .sum::<f64>()
-        + if plan.profile.is_some() { 25.0 } else { 0.0 };
+        + if plan.profile.is_some() { 25.0 } else { 0.0 }
+        + plan
+            .memory
+            .iter()
+            .map(|p| memory_forecast(&p.member))
+            .sum::<f64>();
     eprintln!(
         "overhead-report: plan `{}`, {} groups, about {} of measurement (load average {}); output to {}",
         plan.name,
@@ -249,6 +275,7 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
         }
         None => None,
     };
+    let memory = measure_memory(&plan, opts, &start, &mut notices);
     machine.load_after = load_average();
     let result = RunResult {
         plan_name: plan.name.clone(),
@@ -258,8 +285,65 @@ pub fn run(opts: &Options, command: String) -> Result<RunResult> {
         profile,
         wall_s: start.elapsed().as_secs_f64(),
         notices,
+        memory,
     };
     Ok(result)
+}
+
+/// Runs the plan's memory probes one after the other, each in a fresh
+/// process ([`crate::overhead::memory`]), with progress on stderr.
+fn measure_memory(
+    plan: &Plan,
+    opts: &Options,
+    start: &Instant,
+    notices: &mut Vec<String>,
+) -> Vec<MemoryResult> {
+    if plan.memory.is_empty() {
+        return Vec::new();
+    }
+    eprintln!(
+        "[memory] peak RSS per step, {} members, one process each ({} elapsed)",
+        plan.memory.len(),
+        clock(start.elapsed().as_secs_f64())
+    );
+    let exe = opts
+        .probe_exe
+        .clone()
+        .or_else(|| std::env::current_exe().ok());
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| tch::get_num_threads().max(1) as usize);
+    let mut out = Vec::with_capacity(plan.memory.len());
+    for probe in &plan.memory {
+        let outcome = match &exe {
+            Some(exe) => probe_in_child(&probe.member, opts.memory_steps, exe, threads),
+            None => MemoryOutcome::NotMeasured("this program's own path is unknown".into()),
+        };
+        match &outcome {
+            MemoryOutcome::Measured(r) => eprintln!(
+                "  {} / {}: peak {:.1} MiB, +{:.1} MiB over the step",
+                probe.group_id,
+                probe.member.label(),
+                r.peak_kb as f64 / 1024.0,
+                r.increase_kb() as f64 / 1024.0
+            ),
+            MemoryOutcome::NotMeasured(why) => {
+                let msg = format!(
+                    "{} / {}: memory not measured — {why}",
+                    probe.group_id,
+                    probe.member.label()
+                );
+                eprintln!("  notice: {msg}");
+                notices.push(msg);
+            }
+        }
+        out.push(MemoryResult {
+            probe: probe.clone(),
+            steps: opts.memory_steps,
+            outcome,
+        });
+    }
+    out
 }
 
 fn print_group_line(group: &crate::overhead::plan::Group, results: &[MemberResult]) {
@@ -325,6 +409,14 @@ pub fn restart_with_settings(args: &[String]) {
 /// the process exit code.
 pub fn main_with_args(args: Vec<String>) -> Result<i32> {
     let opts = crate::overhead::cli::parse(&args)?;
+    if let Some(member) = &opts.memory_probe {
+        // A memory probe (a child of a report run): one member, one line.
+        if let Some(n) = opts.threads {
+            tch::set_num_threads(n as i32);
+        }
+        println!("{}", reply_line(&probe_here(member, opts.memory_steps)));
+        return Ok(0);
+    }
     if opts.help {
         print!("{HELP}");
         return Ok(0);
@@ -343,6 +435,12 @@ pub fn main_with_args(args: Vec<String>) -> Result<i32> {
             for m in &g.members {
                 println!("      {}", m.label());
             }
+        }
+        if !plan.memory.is_empty() {
+            println!(
+                "  memory: peak RSS per step of {} members, one process each",
+                plan.memory.len()
+            );
         }
         if let Some(p) = plan.profile {
             println!(
