@@ -227,7 +227,7 @@ pub(crate) fn rocl_attack<F: Real>(
     loss: LossKind,
     tau: F,
     pgd: &Pgd<F>,
-    mut trace: Option<&mut Vec<Vec<Array2<F>>>>,
+    mut trace: Option<&mut Vec<TraceStep<F>>>,
 ) -> Result<Array2<F>> {
     let (anchor_mode, mode) = pgd.modes();
     let w = mlp
@@ -245,9 +245,10 @@ pub(crate) fn rocl_attack<F: Real>(
         )?;
         let g = backward_input_pass(mlp, &fwd, out.grad_z_q.view());
         check_g(&g)?;
+        let at = trace.is_some().then(|| x.clone());
         pgd.step(&mut x, &g, p);
-        if let Some(t) = trace.as_deref_mut() {
-            t.push(vec![g]);
+        if let (Some(t), Some(at)) = (trace.as_deref_mut(), at) {
+            t.push((vec![at], vec![g]));
         }
     }
     check_finite_result("P and eps", "the adversarial view", &x)?;
@@ -264,7 +265,7 @@ pub(crate) fn acl_attack<F: Real>(
     loss: LossKind,
     tau: F,
     pgd: &Pgd<F>,
-    mut trace: Option<&mut Vec<Vec<Array2<F>>>>,
+    mut trace: Option<&mut Vec<TraceStep<F>>>,
 ) -> Result<(Array2<F>, Array2<F>)> {
     let (_, mode) = pgd.modes();
     let mut x = pgd.starts(&[p, q]);
@@ -284,10 +285,11 @@ pub(crate) fn acl_attack<F: Real>(
         let g2 = backward_input_pass(mlp, &f2, out.grad_z_q.view());
         check_g(&g1)?;
         check_g(&g2)?;
+        let at = trace.is_some().then(|| vec![x1.clone(), x2.clone()]);
         pgd.step(&mut x1, &g1, p);
         pgd.step(&mut x2, &g2, q);
-        if let Some(t) = trace.as_deref_mut() {
-            t.push(vec![g1, g2]);
+        if let (Some(t), Some(at)) = (trace.as_deref_mut(), at) {
+            t.push((at, vec![g1, g2]));
         }
     }
     check_finite_result("P, Q and eps", "the adversarial views", &x1)?;
@@ -509,6 +511,9 @@ pub fn peer_views<F: Real>(
     })
 }
 
+/// One PGD step of a trace: the views' iterates and their gradients.
+type TraceStep<F> = (Vec<Array2<F>>, Vec<Array2<F>>);
+
 /// A peer attack with the input gradient of every PGD step: what a
 /// conformance check needs to tell a sign decided by rounding from a real
 /// difference, and what the conformance vectors record.
@@ -516,13 +521,16 @@ pub fn peer_views<F: Real>(
 pub struct PeerAttackTrace<F> {
     /// The adversarial views: ACL `[X₁, X₂]`, RoCL `[X]`.
     pub views: Vec<Array2<F>>,
-    /// `gradients[s][v]`: `∇_X J` of view `v` at the iterate of PGD step
-    /// `s` (before that step moved it), in the order of [`Self::views`].
+    /// `iterates[s][v]`: view `v` before PGD step `s` moved it
+    /// (`iterates[0]` is the start `X₀`).
+    pub iterates: Vec<Vec<Array2<F>>>,
+    /// `gradients[s][v]`: `∇_X J` of view `v` at `iterates[s][v]`, in the
+    /// order of [`Self::views`].
     pub gradients: Vec<Vec<Array2<F>>>,
 }
 
 /// [`peer_views`] with every step's input gradient, with no side effects.
-/// Keeps `k + 1` arrays per view: checked before anything is allocated.
+/// Keeps `2k + 1` arrays per view: checked before anything is allocated.
 ///
 /// ```
 /// use ndarray::Array2;
@@ -542,7 +550,7 @@ pub fn peer_attack_trace<F: Real>(
     cfg: &PeerConfig,
 ) -> Result<PeerAttackTrace<F>> {
     let (tau, _, pgd) = check_inputs(mlp, p, q, cfg)?;
-    let what = "the iterates' gradients of the PGD attack";
+    let what = "the iterates and gradients of the PGD attack";
     let kept = check::elements(
         what,
         &[
@@ -553,10 +561,10 @@ pub fn peer_attack_trace<F: Real>(
         ],
     )?;
     check::allocatable::<F>(what, kept)?;
-    let mut gradients = Vec::with_capacity(pgd.steps);
+    let mut steps = Vec::with_capacity(pgd.steps);
     let views = match cfg.method {
         PeerMethod::Acl => {
-            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, Some(&mut gradients))?;
+            let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, Some(&mut steps))?;
             vec![x1, x2]
         }
         PeerMethod::Rocl { .. } => vec![rocl_attack(
@@ -566,10 +574,15 @@ pub fn peer_attack_trace<F: Real>(
             cfg.loss,
             tau,
             &pgd,
-            Some(&mut gradients),
+            Some(&mut steps),
         )?],
     };
-    Ok(PeerAttackTrace { views, gradients })
+    let (iterates, gradients) = steps.into_iter().unzip();
+    Ok(PeerAttackTrace {
+        views,
+        iterates,
+        gradients,
+    })
 }
 
 /// A peer step's losses and gradients, and the running statistics it would

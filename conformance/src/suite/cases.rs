@@ -8,12 +8,13 @@
 //!   ([`super::conditioning::well_conditioned`]).
 //! * [`corner_case`] draws exactly what the main suite leaves out.
 
-use super::conditioning::{well_conditioned, Ill};
+use super::conditioning::{peer_well_conditioned, well_conditioned, Ill};
 use crate::backend::{Model, Precision, StepKind};
 use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};
 use clae_reference::encoder::{Branch, Mlp, MlpConfig, Mode};
 use clae_reference::loss::LossKind;
 use clae_reference::optim::OptimizerConfig;
+use clae_reference::peers::{AttackBn, PeerConfig, PeerMethod, PeerPgd};
 use clae_reference::rng::Rng;
 use clae_reference::step::ClaeConfig;
 use ndarray::Array2;
@@ -98,6 +99,15 @@ pub struct Case {
     /// spread and `tau` floor, and the precision the conditions are
     /// computed for.
     pub f32_involved: bool,
+}
+
+/// Which peer method a peer property runs (docs/SPEC.md §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// ACL-style dual stream.
+    Acl,
+    /// RoCL-style instance-wise.
+    Rocl,
 }
 
 /// The draws every strategy shares: hyper-parameters and the discrete
@@ -198,9 +208,17 @@ pub fn case_without_bn(precision: Precision) -> impl Strategy<Value = Case> {
     main_case(precision).prop_map(|c| Case { depth: 0, ..c })
 }
 
-/// Draws and rejections of [`well_conditioned_case`], per precision and
-/// condition (`None`: accepted).
-static DRAWS: Mutex<BTreeMap<(Precision, Option<Ill>), usize>> = Mutex::new(BTreeMap::new());
+/// Draws and rejections of [`well_conditioned_case`] (`false`) and
+/// [`peer_case`] (`true`), per precision and condition (`None`: accepted).
+static DRAWS: Mutex<BTreeMap<(Precision, bool, Option<Ill>), usize>> = Mutex::new(BTreeMap::new());
+
+fn count(precision: Precision, peer: bool, verdict: Option<Ill>) {
+    *DRAWS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((precision, peer, verdict))
+        .or_default() += 1;
+}
 
 /// [`main_case`] filtered by [`well_conditioned`] over `steps` training
 /// steps: the main suite's generator. Every draw is counted
@@ -208,22 +226,33 @@ static DRAWS: Mutex<BTreeMap<(Precision, Option<Ill>), usize>> = Mutex::new(BTre
 pub fn well_conditioned_case(precision: Precision, steps: usize) -> impl Strategy<Value = Case> {
     main_case(precision).prop_filter("ill-conditioned (suite::conditioning)", move |c| {
         let verdict = well_conditioned(c, steps).err();
-        *DRAWS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((precision, verdict))
-            .or_default() += 1;
+        count(precision, false, verdict);
         verdict.is_none()
     })
 }
 
-/// The generator's draws so far: per precision, `(accepted, rejections
-/// per condition)`.
-pub fn rejections() -> BTreeMap<Precision, (usize, BTreeMap<Ill, usize>)> {
+/// [`main_case`] filtered by [`peer_well_conditioned`] for both peer
+/// methods: the peer property's generator (counted apart, [`rejections`]).
+pub fn peer_case(precision: Precision) -> impl Strategy<Value = Case> {
+    main_case(precision).prop_filter(
+        "ill-conditioned peer step (suite::conditioning)",
+        move |c| {
+            let verdict = [PeerKind::Acl, PeerKind::Rocl]
+                .iter()
+                .find_map(|&m| peer_well_conditioned(c, m).err());
+            count(precision, true, verdict);
+            verdict.is_none()
+        },
+    )
+}
+
+/// The generators' draws so far: per precision and generator (`true`: the
+/// peer one), `(accepted, rejections per condition)`.
+pub fn rejections() -> BTreeMap<(Precision, bool), (usize, BTreeMap<Ill, usize>)> {
     let draws = DRAWS.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out: BTreeMap<Precision, (usize, BTreeMap<Ill, usize>)> = BTreeMap::new();
-    for (&(precision, verdict), &count) in draws.iter() {
-        let entry = out.entry(precision).or_default();
+    let mut out: BTreeMap<(Precision, bool), (usize, BTreeMap<Ill, usize>)> = BTreeMap::new();
+    for (&(precision, peer, verdict), &count) in draws.iter() {
+        let entry = out.entry((precision, peer)).or_default();
         match verdict {
             None => entry.0 += count,
             Some(ill) => *entry.1.entry(ill).or_default() += count,
@@ -485,6 +514,34 @@ impl Case {
             alpha: self.alpha,
             adv: self.adv(),
             recipe,
+        }
+    }
+
+    /// A peer step of this case (docs/SPEC.md §6.1): the case's loss, `tau`
+    /// and `eps`; `eta = eps / 2`, `max(k, 1)` steps, the random start from
+    /// the case's seed, the clamp when the case clamps; the attack's
+    /// BatchNorm in eval mode for an even seed, train mode for an odd one;
+    /// RoCL's weight the case's `alpha`.
+    pub fn peer(&self, method: PeerKind) -> PeerConfig {
+        PeerConfig {
+            method: match method {
+                PeerKind::Acl => PeerMethod::Acl,
+                PeerKind::Rocl => PeerMethod::Rocl { weight: self.alpha },
+            },
+            loss: self.loss,
+            tau: self.tau,
+            pgd: PeerPgd {
+                eps: self.eps,
+                eta: self.eps / 2.0,
+                steps: self.pgd_steps.max(1),
+                random_start: Some(self.seed),
+                bn: if self.seed % 2 == 0 {
+                    AttackBn::Eval
+                } else {
+                    AttackBn::Train
+                },
+                clamp: self.clamp.then_some((-self.scale(), self.scale())),
+            },
         }
     }
 

@@ -14,12 +14,13 @@
 //! kappa_f  = prod_l (1 + max_j kappa_bn(l, j))       the forward pass, layer by layer
 //! ```
 
-use super::cases::Case;
+use super::cases::{Case, PeerKind};
 use crate::backend::{Backend, Model, Precision, Reference};
 use crate::metrics::{nan_max, Tolerance};
 use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};
 use clae_reference::encoder::{Branch, Mlp, Mode};
 use clae_reference::optim::Optimizer;
+use clae_reference::peers::{peer_attack_trace, AttackBn, PeerConfig, PeerPgd};
 use clae_reference::step::{clae_step, plain_step};
 use clae_reference::Real;
 use ndarray::{Array2, Zip};
@@ -372,6 +373,82 @@ pub fn well_conditioned(case: &Case, steps: usize) -> Result<(), Ill> {
             };
             done.map_err(|_| Ill::ReferenceFailed)?;
         }
+    }
+    Ok(())
+}
+
+/// The peer generator's filter ([`super::cases::peer_case`]): every
+/// training-mode pass a peer step of `method` runs on the case's batch is
+/// well-conditioned at the case's precision — `P` and `Q` clean, the final
+/// views adv, and with a train-mode attack every PGD iterate adv — and every
+/// entry of every PGD step's gradient lies [`SIGN_MARGIN`] times its
+/// rounding noise from zero (the noise: the gradient at the same iterate by
+/// the reference in `f32`, or in `f64` from jittered inputs).
+pub fn peer_well_conditioned(case: &Case, method: PeerKind) -> Result<(), Ill> {
+    let precision = if case.f32_involved {
+        Precision::F32
+    } else {
+        Precision::F64
+    };
+    let model = case.model();
+    let (p, q) = case.batches(case.d_in, 1).remove(0);
+    let cfg = case.peer(method);
+    let clean = Mode::Train(Branch::Clean);
+    let adv = Mode::Train(Branch::Adv);
+    for x in [&p, &q] {
+        pass(&model, x, clean, precision)?;
+    }
+    let mlp = Mlp::<f64>::from_state_dict(model.config, &model.state)
+        .map_err(|_| Ill::ReferenceFailed)?;
+    let trace =
+        peer_attack_trace(&mlp, p.view(), q.view(), &cfg).map_err(|_| Ill::ReferenceFailed)?;
+    // The gradient at given iterates: one step from them, no random start.
+    let at = PeerConfig {
+        pgd: PeerPgd {
+            steps: 1,
+            random_start: None,
+            ..cfg.pgd
+        },
+        ..cfg
+    };
+    let hi = Reference::<f64>::new();
+    for (xs, gs) in trace.iterates.iter().zip(&trace.gradients) {
+        if cfg.pgd.bn == AttackBn::Train {
+            for x in xs {
+                pass(&model, x, adv, precision)?;
+            }
+        }
+        let (a, b) = match method {
+            PeerKind::Acl => (&xs[0], &xs[1]),
+            PeerKind::Rocl => (&xs[0], &q),
+        };
+        let noisy = match precision {
+            Precision::F32 => Reference::<f32>::new().peer_attack(&model, a, b, &at),
+            Precision::F64 => hi.peer_attack(
+                &model,
+                &super::noise::jitter(a, precision),
+                &super::noise::jitter(b, precision),
+                &at,
+            ),
+        }
+        .map_err(|_| Ill::ReferenceFailed)?
+        .1
+        .into_iter()
+        .next()
+        .ok_or(Ill::ReferenceFailed)?;
+        for (g, n) in gs.iter().zip(&noisy) {
+            let noise = g
+                .iter()
+                .zip(n.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f64, nan_max);
+            if g.iter().any(|v| v.abs() <= SIGN_MARGIN * noise) {
+                return Err(Ill::SignWithinRounding);
+            }
+        }
+    }
+    for x in &trace.views {
+        pass(&model, x, adv, precision)?;
     }
     Ok(())
 }

@@ -243,6 +243,13 @@ pub fn run_main(pair: &Pair, cases: u32) -> Vec<String> {
     }));
     add(check(
         pair,
+        "peer_steps",
+        cases::peer_case(prec),
+        cases,
+        |p, c| properties::peer_steps(p, &c),
+    ));
+    add(check(
+        pair,
         "per_image_perturbation",
         case_without_bn(prec),
         cases,
@@ -321,7 +328,7 @@ pub fn run_corner(pair: &Pair, cases: u32) -> Vec<String> {
 /// rejected (share) and the rejections per condition.
 pub fn generator_report() -> String {
     let mut out = String::new();
-    for (precision, (accepted, rejected)) in cases::rejections() {
+    for ((precision, peer), (accepted, rejected)) in cases::rejections() {
         let total: usize = rejected.values().sum();
         let drawn = accepted + total;
         let share = if drawn == 0 {
@@ -333,9 +340,11 @@ pub fn generator_report() -> String {
             .iter()
             .map(|(ill, n)| format!("{n} {ill}"))
             .collect();
-        let name = match precision {
-            Precision::F32 => "pairs with f32",
-            Precision::F64 => "f64 pairs",
+        let name = match (precision, peer) {
+            (Precision::F32, false) => "pairs with f32",
+            (Precision::F64, false) => "f64 pairs",
+            (Precision::F32, true) => "peer steps, pairs with f32",
+            (Precision::F64, true) => "peer steps, f64 pairs",
         };
         out.push_str(&format!(
             "generator ({name}): {drawn} drawn, {total} rejected ({share:.1}%){}{}\n",

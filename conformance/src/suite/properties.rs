@@ -6,7 +6,7 @@
 //! A case a property would have to skip is the generator's failure
 //! ([`generator_let_through`]).
 
-use super::cases::Case;
+use super::cases::{Case, PeerKind};
 use super::noise::{sample, sample_at, Noise, Perturbation, Values};
 use super::pair::{close_all, error, generator_let_through, Outcome, Pair};
 use crate::backend::{Backend, Precision, StepKind, Trained};
@@ -239,6 +239,10 @@ fn compare_runs(
     tol: f64,
 ) -> Outcome {
     let (a, b, noise) = measure(pair, batches[0].0.nrows(), |be, s| {
+        let s = match step {
+            StepKind::Peer(_) => without_reorder(s),
+            _ => s,
+        };
         let moved: Vec<_> = batches
             .iter()
             .map(|(p, q)| (s.apply(p), s.apply(q)))
@@ -423,4 +427,95 @@ pub fn recipes_agree(pair: &Pair, case: &Case) -> Outcome {
 /// `x <= bound`, false for a NaN `x` (so `!within` fails a NaN error).
 fn within(x: f64, bound: f64) -> bool {
     x <= bound
+}
+
+/// A peer attack's random start draws its noise by row position, so a row
+/// reorder is not a symmetry of a peer step: such a sample is taken as the
+/// base (its noise then comes from the jittered inputs and, for `f32`, the
+/// `f64` reference).
+fn without_reorder(s: &Perturbation) -> &Perturbation {
+    static BASE: Perturbation = Perturbation::None;
+    match s {
+        Perturbation::Reordered(_) => &BASE,
+        other => other,
+    }
+}
+
+/// The peer steps (docs/SPEC.md §6.1), ACL and RoCL, on cases whose every
+/// PGD gradient entry is far from zero ([`super::cases::peer_case`]): each
+/// step's gradient of each view under the one rule and the sign rule, the
+/// views under the sign rule (equal where every step's sign is above the
+/// threshold, within `2 eps` elsewhere), then one step with the case's
+/// optimizer compared as [`one_step`] compares a CLAE step.
+pub fn peer_steps(pair: &Pair, case: &Case) -> Outcome {
+    let model = case.model();
+    let batches = case.batches(case.d_in, 1);
+    let (p, q) = &batches[0];
+    let opt = case.optimizer();
+    for method in [PeerKind::Acl, PeerKind::Rocl] {
+        let cfg = case.peer(method);
+        let (_, noise) = sample(pair, case.n, |be, s| {
+            let s = without_reorder(s);
+            let (_, grads) = be.peer_attack(&model, &s.apply(p), &s.apply(q), &cfg)?;
+            Ok(grads
+                .iter()
+                .enumerate()
+                .flat_map(|(t, views)| {
+                    views
+                        .iter()
+                        .enumerate()
+                        .map(move |(v, g)| named(&format!("{t}/{v}"), flat(g)))
+                })
+                .collect())
+        })
+        .map_err(TestCaseError::fail)?;
+        let ((xa, ga), (xb, gb)) = pair.both(|be| be.peer_attack(&model, p, q, &cfg))?;
+        if ga.len() != gb.len() || gb.is_empty() || xa.len() != xb.len() {
+            return Err(TestCaseError::fail(format!(
+                "{method:?}: different numbers of PGD steps or views"
+            )));
+        }
+        for (t, (sa, sb)) in ga.iter().zip(&gb).enumerate() {
+            for (v, (a, b)) in sa.iter().zip(sb).enumerate() {
+                let quantity = format!("g ({method:?} PGD step {}, view {})", t + 1, v + 1);
+                let n = noise.get(&format!("{t}/{v}")).copied().unwrap_or(0.0);
+                if close_g(pair, &quantity, a, b, n)? > 0 && t + 1 < gb.len() {
+                    return Err(generator_let_through(format!(
+                        "an excused sign at {quantity} parts the iterates"
+                    )));
+                }
+            }
+        }
+        for (v, (a, b)) in xa.iter().zip(&xb).enumerate() {
+            let grads: Vec<Array2<f64>> = gb.iter().map(|s| s[v].clone()).collect();
+            let (err, bad) = compare_views(
+                a,
+                b,
+                &excused_mask(pair, &grads),
+                cfg.pgd.eps,
+                pair.tol.one_step,
+            );
+            crate::metrics::record(
+                &pair.label(),
+                &format!("X_adv ({method:?}, view {})", v + 1),
+                err,
+            );
+            if bad > 0 {
+                return Err(TestCaseError::fail(format!(
+                    "X_adv ({method:?}, view {}): {bad} entries out of bounds",
+                    v + 1
+                )));
+            }
+        }
+        compare_runs(
+            pair,
+            &format!("{method:?}, 1 step, {}", opt.name()),
+            &model,
+            opt,
+            StepKind::Peer(cfg),
+            &batches,
+            pair.tol.one_step,
+        )?;
+    }
+    Ok(())
 }
