@@ -210,7 +210,10 @@ pub fn case_without_bn(precision: Precision) -> impl Strategy<Value = Case> {
 
 /// Draws and rejections of [`well_conditioned_case`] (`false`) and
 /// [`peer_case`] (`true`), per precision and condition (`None`: accepted).
-static DRAWS: Mutex<BTreeMap<(Precision, bool, Option<Ill>), usize>> = Mutex::new(BTreeMap::new());
+static DRAWS: Mutex<BTreeMap<DrawKey, usize>> = Mutex::new(BTreeMap::new());
+
+/// A draw's precision, generator (`true`: the peer one) and verdict.
+type DrawKey = (Precision, bool, Option<Ill>);
 
 fn count(precision: Precision, peer: bool, verdict: Option<Ill>) {
     *DRAWS
