@@ -381,7 +381,11 @@ impl Plan {
     /// f32); plain, lean and authors' steps for the small, medium and large
     /// MLP with the Plain loss (reference f32 next to libtorch CPU f32), the
     /// large MLP once more with SimCLR (the authors' SimCLR/UEL recipe, Adam),
-    /// and ResNet-18 on libtorch CPU at `N` 8 with SimCLR.
+    /// and ResNet-18 on libtorch CPU at `N` 8 with SimCLR; the scaling
+    /// series ([`scaling_groups`]: the medium MLP with SimCLR at `N` 64 to
+    /// 1024 and hidden width 256 to 2048 at `N` 256, plain, lean and ACL on
+    /// libtorch and the reference, 72 s of group budgets); and the peak
+    /// memory of every step member, one probe process each.
     pub fn cpu() -> Self {
         // The groups whose ratios matter most run first, while the machine
         // is most likely to be as quiet as it was when the run started.
