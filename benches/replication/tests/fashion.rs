@@ -7,13 +7,14 @@
 
 use clae_reference::loss::LossKind;
 use clae_reference::rng::Rng;
+use clae_replication::digits::eval::knn_predict;
 use clae_replication::fashion::augment::{
     augment_batch, draw_crop, hflip, resized_crop, AugmentConfig, CropBox,
 };
 use clae_replication::fashion::data::{self, encode_idx, parse_idx, PIXELS, SIDE};
 use clae_replication::fashion::eval::{
-    knn_accuracy, knn_temperature, robust_accuracy, validated_probe, Features, Labelled, PgdConfig,
-    ProbeConfig,
+    knn_accuracy, knn_predict_f32, knn_temperature, robust_accuracy, validated_probe, Features,
+    Labelled, PgdConfig, ProbeConfig,
 };
 use clae_replication::fashion::report;
 use clae_replication::fashion::run::{self, equal_time_epochs, read_finished, Cell, Options};
@@ -480,6 +481,22 @@ fn knn_with_the_authors_temperatures() {
         0.0
     );
     assert!(knn_accuracy(bank.view(), &[0, 1], q.view(), &labels[..3], 1, 0.1).is_err());
+    assert!(knn_accuracy(bank.view(), &[0, 1], q.view(), &labels, 0, 0.1).is_err());
+    assert!(knn_accuracy(bank.view(), &[0, 11], q.view(), &labels, 1, 0.1).is_err());
+
+    // The f32 kNN predicts what the digits' f64 kNN predicts on random
+    // features (well-separated similarities: ties within f32 rounding are
+    // vanishingly rare among 300 x 1500 Gaussian cosines).
+    let mut rng = Rng::new(8);
+    let bank = Array2::from_shape_fn((1500, 16), |_| rng.normal() as f32);
+    let bank_labels: Vec<usize> = (0..1500).map(|_| rng.below(10)).collect();
+    let q = Array2::from_shape_fn((300, 16), |_| rng.normal() as f32);
+    for (k, t) in [(1, 0.1), (200, 0.1), (200, 0.5), (20, 10.0)] {
+        let ours = knn_predict_f32(bank.view(), &bank_labels, q.view(), k, t).unwrap();
+        let digits = knn_predict(bank.view(), &bank_labels, q.view(), 10, k, t).unwrap();
+        let same = ours.iter().zip(&digits).filter(|(a, b)| a == b).count();
+        assert!(same >= 298, "k {k}, T {t}: {same} of 300 agree");
+    }
 }
 
 fn tiny_config(loss: LossKind, method: Method) -> TrainConfig {
@@ -594,7 +611,7 @@ fn options_cells_and_equal_time() {
     let o = Options::parse(Vec::<String>::new()).unwrap().unwrap();
     assert_eq!(
         (o.seeds, o.epochs, o.train, o.quick),
-        (3, 25, 10_000, false)
+        (3, 20, 10_000, false)
     );
     // 3 losses x (plain, CLAE, control) + for SimCLR 2 more sweep values,
     // plain at CLAE's wall-clock, ACL and RoCL; per seed.
@@ -700,6 +717,7 @@ fn end_to_end_on_synthetic_idx_files_and_resume() {
         .count();
     let again = run::run(&o).unwrap();
     assert_eq!(again.reused, rep.runs.len());
+    assert_eq!(again.baseline, rep.baseline, "baseline.csv read back");
     assert_eq!(format!("{:?}", again.runs), format!("{:?}", rep.runs));
     assert_eq!(
         std::fs::read_to_string(out.join("runs.csv"))

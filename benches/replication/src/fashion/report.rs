@@ -544,7 +544,7 @@ pub fn conclusion(rep: &Replication) -> String {
 }
 
 fn seconds_text(rep: &Replication) -> String {
-    let mut s = String::from("| loss | method | s/epoch (median over epochs, mean over seeds) | relative to plain |\n|---|---|---|---|\n");
+    let mut s = String::from("| loss | method | s/epoch (median over epochs, mean over seeds) | relative to plain | final evaluation s/cell (kNN, probe, PGD) |\n|---|---|---|---|---|\n");
     for g in groups(rep) {
         let spe = |g: &Group| {
             MeanStd::of(
@@ -568,10 +568,17 @@ fn seconds_text(rep: &Replication) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {rel} |",
+            "| {} | {} | {:.3} | {rel} | {:.1} |",
             loss_title(g.loss),
             g.title(),
-            t
+            t,
+            MeanStd::of(
+                &runs_of(rep, &g)
+                    .iter()
+                    .map(|r| r.eval_seconds)
+                    .collect::<Vec<_>>()
+            )
+            .mean
         );
     }
     s

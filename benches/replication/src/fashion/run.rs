@@ -29,14 +29,14 @@ Usage: fashion [OPTIONS]
 Options (sizes of the headline run in parentheses; --quick shrinks them):
   --quick               smoke run of the whole pipeline in seconds
   --seeds N             seeds per cell (3)
-  --epochs N            training epochs (25)
+  --epochs N            training epochs (20)
   --train N             contrastive training images, a stratified subset of
                         the 60k training set minus validation (10000)
   --val N               validation images carved from the training set (5000)
   --bank N              kNN bank: training images minus validation, 0 = all (0)
   --test N              test images evaluated, 0 = all 10000 (0)
   --curve-test N        test images of the learning curves' kNN (1000)
-  --curve-every N       learning-curve kNN every N epochs (2)
+  --curve-every N       learning-curve kNN every N epochs (4)
   --robust N            test images attacked by PGD (500)
   --pgd-steps N         PGD steps (20)
   --attack-eps LIST     L-inf radii in 1/255 pixel units (1,2,4)
@@ -56,7 +56,8 @@ Options (sizes of the headline run in parentheses; --quick shrinks them):
   -h, --help            this text
 
 Each finished cell is appended to DIR/runs.csv (and its curve to
-DIR/curves.csv); a rerun with the same sizes skips the cells found there.
+DIR/curves.csv, the raw-pixel baselines to DIR/baseline.csv); a rerun with
+the same sizes skips what it finds there.
 ";
 
 /// What to run.
@@ -120,13 +121,13 @@ impl Default for Options {
         Options {
             quick: false,
             seeds: 3,
-            epochs: 25,
+            epochs: 20,
             train: 10_000,
             val: 5_000,
             bank: 0,
             test: 0,
             curve_test: 1_000,
-            curve_every: 2,
+            curve_every: 4,
             robust: 500,
             pgd_steps: 20,
             attack_eps: vec![1.0, 2.0, 4.0],
@@ -445,6 +446,8 @@ pub struct RunRecord {
     pub seconds_per_epoch: f64,
     /// Total training seconds.
     pub train_seconds: f64,
+    /// Seconds of the final evaluation (kNN, probe, PGD).
+    pub eval_seconds: f64,
     /// Test kNN-200 top-1 (fraction).
     pub knn200: f64,
     /// Probe test accuracy at the validation choice.
@@ -654,6 +657,7 @@ pub fn run_cell(
         &mut curve_eval,
         bar,
     )?;
+    let eval_start = Instant::now();
     let (knn200, probe, robust) = evaluate(
         Features::Encoder(trainer.as_ref()),
         Some(cell.loss),
@@ -667,6 +671,7 @@ pub fn run_cell(
         epochs,
         seconds_per_epoch: trained.seconds_per_epoch(),
         train_seconds: trained.seconds(),
+        eval_seconds: eval_start.elapsed().as_secs_f64(),
         knn200,
         probe_test: probe.test,
         probe_val: probe.val,
@@ -718,16 +723,15 @@ pub fn equal_time_epochs(runs: &[RunRecord], loss: LossKind, seed: u64, epochs: 
 // ----------------------------------------------------------------- CSV --
 
 /// Header of `runs.csv`.
-pub const RUNS_HEADER: &str = "fingerprint,backend,loss,method,eps_normalised,eps_pixels,seed,epochs,seconds_per_epoch,train_seconds,knn200,knn_t,probe_test,probe_val,probe_wd,probe_epoch,probe_best_test,robust";
+pub const RUNS_HEADER: &str = "fingerprint,backend,loss,method,eps_normalised,eps_pixels,seed,epochs,seconds_per_epoch,train_seconds,knn200,knn_t,probe_test,probe_val,probe_wd,probe_epoch,probe_best_test,robust,eval_seconds";
 /// Header of `curves.csv`.
 pub const CURVES_HEADER: &str =
     "fingerprint,loss,method,eps_normalised,seed,epoch,loss_total,seconds,knn200_curve";
 
 /// The `runs.csv` row of a record.
 pub fn run_row(fp: &str, r: &RunRecord) -> String {
-    let robust: Vec<String> = r.robust.iter().map(|(e, a)| format!("{e}:{a}")).collect();
     format!(
-        "{fp},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        "{fp},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
         r.backend.replace(',', ";"),
         r.cell.loss,
         r.cell.method.name(),
@@ -744,8 +748,71 @@ pub fn run_row(fp: &str, r: &RunRecord) -> String {
         r.probe_wd,
         r.probe_epoch,
         r.probe_best_test,
-        robust.join(";")
+        robust_text(&r.robust),
+        r.eval_seconds
     )
+}
+
+/// Header of `baseline.csv` (the raw-pixel baselines, reused by a rerun).
+pub const BASELINE_HEADER: &str = "fingerprint,knn200,probe_test,probe_best_test,robust";
+
+fn robust_text(r: &[(f64, f64)]) -> String {
+    r.iter()
+        .map(|(e, a)| format!("{e}:{a}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn parse_robust(text: &str) -> Option<Vec<(f64, f64)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(';')
+        .map(|p| {
+            let (e, a) = p.split_once(':')?;
+            Some((e.parse().ok()?, a.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `baseline.csv` row of the raw-pixel baselines.
+pub fn baseline_row(fp: &str, b: &PixelBaseline) -> String {
+    format!(
+        "{fp},{},{},{},{}",
+        b.knn200,
+        b.probe_test,
+        b.probe_best_test,
+        robust_text(&b.robust)
+    )
+}
+
+/// The raw-pixel baselines of fingerprint `fp` in `dir/baseline.csv`, if any.
+pub fn read_baseline(dir: &Path, fp: &str) -> Result<Option<PixelBaseline>> {
+    let path = dir.join("baseline.csv");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.first() != Some(&fp) {
+            continue;
+        }
+        let ln = i + 1;
+        if f.len() != 5 {
+            return Err(corrupt_csv(
+                &path,
+                ln,
+                format!("{} fields, expected 5", f.len()),
+            ));
+        }
+        return Ok(Some(PixelBaseline {
+            knn200: field(&f, 1, &path, ln)?,
+            probe_test: field(&f, 2, &path, ln)?,
+            probe_best_test: field(&f, 3, &path, ln)?,
+            robust: parse_robust(f[4]).ok_or_else(|| corrupt_csv(&path, ln, "robust column"))?,
+        }));
+    }
+    Ok(None)
 }
 
 /// The `curves.csv` rows of a record.
@@ -799,28 +866,18 @@ pub fn read_finished(dir: &Path, fp: &str) -> Result<Vec<RunRecord>> {
         if f.first() != Some(&fp) {
             continue;
         }
-        if f.len() != 18 {
+        if f.len() != 19 {
             return Err(corrupt_csv(
                 &runs_path,
                 ln,
-                format!("{} fields, expected 18", f.len()),
+                format!("{} fields, expected 19", f.len()),
             ));
         }
         let loss = f[2]
             .parse::<LossKind>()
             .map_err(|e| corrupt_csv(&runs_path, ln, e.to_string()))?;
-        let robust = if f[17].is_empty() {
-            Vec::new()
-        } else {
-            f[17]
-                .split(';')
-                .map(|p| {
-                    let (e, a) = p.split_once(':')?;
-                    Some((e.parse().ok()?, a.parse().ok()?))
-                })
-                .collect::<Option<Vec<(f64, f64)>>>()
-                .ok_or_else(|| corrupt_csv(&runs_path, ln, "robust column"))?
-        };
+        let robust =
+            parse_robust(f[17]).ok_or_else(|| corrupt_csv(&runs_path, ln, "robust column"))?;
         out.push(RunRecord {
             cell: Cell {
                 loss,
@@ -838,6 +895,7 @@ pub fn read_finished(dir: &Path, fp: &str) -> Result<Vec<RunRecord>> {
             probe_wd: field(&f, 14, &runs_path, ln)?,
             probe_epoch: field(&f, 15, &runs_path, ln)?,
             probe_best_test: field(&f, 16, &runs_path, ln)?,
+            eval_seconds: field(&f, 18, &runs_path, ln)?,
             robust,
             curve: Vec::new(),
         });
@@ -924,7 +982,25 @@ pub fn run(o: &Options) -> Result<Replication> {
     })?;
     let fp = o.fingerprint();
     let finished = read_finished(&o.out, &fp)?;
-    let baseline = pixel_baseline(&d, o)?;
+    let baseline = match read_baseline(&o.out, &fp)? {
+        Some(b) => b,
+        None => {
+            let t = Instant::now();
+            let b = pixel_baseline(&d, o)?;
+            if o.progress {
+                eprintln!(
+                    "raw-pixel baseline (kNN-200, probe, PGD): {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            append(
+                &o.out.join("baseline.csv"),
+                BASELINE_HEADER,
+                &format!("{}\n", baseline_row(&fp, &b)),
+            )?;
+            b
+        }
+    };
     let cells = o.cells();
     let total = cells.len();
     let mut runs: Vec<RunRecord> = Vec::with_capacity(total);
