@@ -58,6 +58,19 @@ while read -r name exe; do
     esac
 done <"$list"
 
+# The reference's OpenBLAS (Debian's libopenblas-dev here) and its Fortran
+# runtime travel along, in device/lib: a GPU machine may not have them.
+# device-check.sh puts device/lib on LD_LIBRARY_PATH after torch's lib/.
+mkdir -p "$dest/lib"
+for lib in $(ldd target/release/overhead-report | awk '/libopenblas/ {print $3}'); do
+    for dep in "$lib" $(ldd "$lib" | awk '/libgfortran|libquadmath/ {print $3}'); do
+        cp -fL "$dep" "$dest/lib/"
+        chmod u+w "$dest/lib/$(basename "$dep")"
+        strip --strip-unneeded "$dest/lib/$(basename "$dep")" 2>/dev/null || true
+        printf 'lib/%s\t%s\n' "$(basename "$dep")" "$dep" >>"$dest/MANIFEST"
+    done
+done
+
 for want in suite accelerated-cuda accelerated-cuda_loading accelerated-device overhead-report; do
     if [[ ! -x "$dest/$want" ]]; then
         echo "device-build: $want was not built" >&2

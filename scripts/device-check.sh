@@ -103,6 +103,11 @@ if [[ -n "$torch_dir" ]]; then
 else
     echo "  warning: python3 has no torch here: LD_LIBRARY_PATH not set (the binaries' rpath is tried)"
 fi
+if [[ -n "$bin" && -d "$bin/lib" ]]; then
+    # OpenBLAS and its Fortran runtime, copied by device-build.sh
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(cd "$bin/lib" && pwd)"
+    echo "  libs    $bin/lib (OpenBLAS for the reference) on LD_LIBRARY_PATH"
+fi
 export CLAE_EAGER_SCRIPT=${CLAE_EAGER_SCRIPT:-$PWD/benches/python/eager.py}
 
 report_args=(--full --only "$groups" --no-memory --no-profile --time-scale "$time_scale" --out "$out/overhead")
