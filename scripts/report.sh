@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: the overhead report. Sets up libtorch (scripts/setup.sh),
 # builds the report binary in release mode and runs it; arguments are passed
-# through (see --help). On CPU it takes about ten minutes on two cores and
+# through (see --help). On CPU it takes about 17 minutes on two cores and
 # prints its progress; the report folder defaults to report-out/overhead/.
 #
 #   scripts/report.sh                 # the CPU selection

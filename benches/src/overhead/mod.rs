@@ -5,7 +5,7 @@
 //! The pieces, in the order a run uses them:
 //!
 //! * [`plan`] — which configurations to measure ([`plan::Plan::cpu`], the
-//!   ten-minute CPU selection; [`plan::Plan::full`], which adds CUDA);
+//!   CPU selection, about 17 minutes on two cores; [`plan::Plan::full`], which adds CUDA);
 //! * [`workloads`] — one closure-like [`measure::Workload`] per measured
 //!   thing (a reference step, a libtorch step, a loss, a GEMM);
 //! * [`measure`] — the harness: every member of a group is run in the same

@@ -375,7 +375,7 @@ fn gemm_group(size: usize, imps: &[Impl], budget_s: f64) -> Group {
 }
 
 impl Plan {
-    /// The CPU selection (about ten minutes on two cores, build excluded):
+    /// The CPU selection (about 17 minutes on two cores with the memory probes and scaling groups, build excluded):
     /// GEMM peaks at 2048 (reference and libtorch, f32 and f64); the three
     /// losses at `N` 64, 256, 1024 (`d` 128; reference f32 and f64, libtorch
     /// f32); plain, lean and authors' steps for the small, medium and large
