@@ -52,14 +52,10 @@ impl std::fmt::Display for Failure {
 /// Result of a backend call.
 pub type Result<T> = std::result::Result<T, Failure>;
 
-/// Floating-point precision a backend computes in (selects docs/SPEC.md §8's tolerance).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Precision {
-    /// `f32` (or CUDA `f32` with TF32 off).
-    F32,
-    /// `f64`.
-    F64,
-}
+/// Floating-point precision a backend computes in (selects docs/SPEC.md §8's
+/// tolerance; CUDA `f32` with TF32 off counts as `f32`): the workspace's one
+/// precision vocabulary, `clae_accelerated::device::Precision`.
+pub use clae_accelerated::device::Precision;
 
 /// An encoder to run: its shape and every parameter and buffer, in `f64`
 /// (a backend in `f32` rounds on load).
@@ -388,10 +384,7 @@ impl Backend for Torch {
     }
 
     fn precision(&self) -> Precision {
-        match self.precision {
-            clae_accelerated::device::Precision::F64 => Precision::F64,
-            _ => Precision::F32,
-        }
+        self.precision
     }
 
     fn embed(&self, model: &Model, x: &Array2<f64>, mode: Mode) -> Result<Array2<f64>> {
