@@ -109,6 +109,10 @@ if [[ -n "$bin" && -d "$bin/lib" ]]; then
     echo "  libs    $bin/lib (OpenBLAS for the reference) on LD_LIBRARY_PATH"
 fi
 export CLAE_EAGER_SCRIPT=${CLAE_EAGER_SCRIPT:-$PWD/benches/python/eager.py}
+# The CPU pairs run in CI on every machine; here only the CUDA pair (a suite
+# left with no pair, e.g. CUDA failing to initialise, fails). Override with
+# CLAE_SUITE_PAIRS= (empty: every pair).
+export CLAE_SUITE_PAIRS=${CLAE_SUITE_PAIRS-CUDA}
 
 report_args=(--full --only "$groups" --no-memory --no-profile --time-scale "$time_scale" --out "$out/overhead")
 stages=(

@@ -135,7 +135,10 @@ pub fn selected(name: &str) -> bool {
 /// tch CPU `f64` vs reference `f64`, tch CPU `f32` vs reference `f32`, tch
 /// CPU `f32` vs reference `f64`, and tch CUDA `f32` (TF32 off) vs reference
 /// `f64` — which, without a CUDA device, is left out with a printed line
-/// saying so (it never passes silently).
+/// saying so (it never passes silently). `CLAE_SUITE_PAIRS=a,b` keeps only
+/// the pairs whose label contains `a` or `b` (`CUDA` on the GPU machine),
+/// printing each pair it leaves out (unset or empty: every pair); a suite
+/// left with no pair fails.
 pub fn pairs() -> Vec<Pair> {
     let mut pairs = vec![
         Pair::new(
@@ -160,6 +163,20 @@ pub fn pairs() -> Vec<Pair> {
         None => println!(
             "CUDA not available: skipped the pair tch CUDA f32 (TF32 off) vs reference f64"
         ),
+    }
+    let wanted = std::env::var("CLAE_SUITE_PAIRS").unwrap_or_default();
+    let wanted: Vec<&str> = wanted.split(',').filter(|w| !w.is_empty()).collect();
+    if !wanted.is_empty() {
+        let (kept, left): (Vec<Pair>, Vec<Pair>) = pairs
+            .into_iter()
+            .partition(|p| wanted.iter().any(|w| p.label().contains(w)));
+        for p in &left {
+            println!(
+                "CLAE_SUITE_PAIRS={wanted:?}: left out the pair {}",
+                p.label()
+            );
+        }
+        return kept;
     }
     pairs
 }
@@ -365,7 +382,11 @@ pub fn main(
     eprintln!("{}", describe_run(suite));
     let start = Instant::now();
     let mut failures = Vec::new();
-    for pair in &pairs() {
+    let pairs = pairs();
+    if pairs.is_empty() {
+        failures.push("CLAE_SUITE_PAIRS selects no backend pair that can run here".to_string());
+    }
+    for pair in &pairs {
         failures.extend(run(pair, cases()));
     }
     println!("\n{}", crate::metrics::table(value));
