@@ -248,8 +248,8 @@ def run_peer_case(v):
     clamp = (lambda x: x.clamp(*pgd["clamp"])) if pgd["clamp"] else (lambda x: x)
     starts = [P, Q] if cfg["method"] == "acl" else [P]
     U = tensor(v["inputs"]["U"]) if v["inputs"]["U"] is not None else None
-    # X0 = clamp(S + eps U), U's rows view after view; or X0 = S.
-    xs = [clamp(s + eps * U[i * n:(i + 1) * n]) if U is not None else s
+    # X0 = clamp(S + eps U), U's rows view after view; or X0 = clamp(S).
+    xs = [clamp(s + eps * U[i * n:(i + 1) * n]) if U is not None else clamp(s)
           for i, s in enumerate(starts)]
     f = lambda x, branch: enc.forward(x, branch, track=False, train=train)[0]
     if cfg["method"] == "rocl":           # anchors: sg f(Q), clean branch

@@ -260,10 +260,13 @@ pub const NUM_WIDE: usize = 2;
 /// set covers every loss, both optimizers, FGSM and PGD, the clamp, both
 /// `Q_start` choices, both recipes, depths 0..=3 and `N` from 2 to 64; the
 /// last [`NUM_WIDE`] take `D_in` 256 and 320 (narrow hidden layers keep the
-/// files near 0.6 MB each).
-pub fn case_config(i: usize) -> CaseConfig {
+/// files near 0.7 MB each). An `i` outside the set is an error.
+pub fn case_config(i: usize) -> Result<CaseConfig> {
+    if i >= NUM_CASES {
+        return Err(invalid(format!("case {i}: there are {NUM_CASES} cases")));
+    }
     if i >= NUM_CASES - NUM_WIDE {
-        return wide_case_config(i - (NUM_CASES - NUM_WIDE));
+        return Ok(wide_case_config(i - (NUM_CASES - NUM_WIDE)));
     }
     const SIZES: [(usize, usize, usize, usize, usize); 10] = [
         // (N, D_in, hidden, depth, d)
@@ -306,7 +309,7 @@ pub fn case_config(i: usize) -> CaseConfig {
             eta: eps,
         }
     };
-    CaseConfig {
+    Ok(CaseConfig {
         loss: loss.name().into(),
         tau: loss.default_tau(),
         eps,
@@ -320,7 +323,7 @@ pub fn case_config(i: usize) -> CaseConfig {
         clamp: (i % 6 == 5).then_some([-1.0, 1.0]),
         recipe: if i % 7 == 6 { "authors" } else { "lean" }.into(),
         optimizer,
-    }
+    })
 }
 
 /// The cases at realistic width: a plain-loss SGD FGSM lean step at
@@ -474,8 +477,8 @@ pub fn compute_expected(
 
 /// Generates case `i` deterministically from `base_seed + i`.
 pub fn generate(i: usize, base_seed: u64) -> Result<Vector> {
-    let cfg = case_config(i);
-    let seed = base_seed + i as u64;
+    let cfg = case_config(i)?;
+    let seed = base_seed.wrapping_add(i as u64);
     let mlp_cfg: MlpConfig = cfg.encoder.into();
     let initial = Mlp::<f64>::new(mlp_cfg, seed)?;
     let mut rng = Rng::new(seed ^ 0x5EED_DA7A);

@@ -568,10 +568,6 @@ mod peer {
                 let z_p = be.embed(&model, &p, clean).unwrap();
                 let z_q = be.embed(&model, &q, clean).unwrap();
                 let x_want = want.x_adv.to_array2().unwrap();
-                let attacked = match cfg.pgd.bn {
-                    AttackBn::Eval => None,
-                    AttackBn::Train => Some(Mode::Train(Branch::Adv)),
-                };
                 let views: Vec<Array2<f64>> = x_want
                     .axis_chunks_iter(Axis(0), v.config.n)
                     .map(|c| c.to_owned())
@@ -579,12 +575,18 @@ mod peer {
                 let f32_ill = |x: &Array2<f64>, m: Mode| {
                     conditioning(&model, x, m).f32_ill() || f32_relu_flip_risk(&model, x, m)
                 };
+                let reference = peer_attack_trace(&mlp, p.view(), q.view(), &cfg).unwrap();
+                // Every training-mode pass: P, Q clean, the final views adv
+                // and, for a train-mode attack, every PGD iterate adv.
+                let adv = Mode::Train(Branch::Adv);
+                let train_attack = cfg.pgd.bn == AttackBn::Train;
                 let risky = precision == Precision::F32
                     && ([(&p, clean), (&q, clean)]
                         .iter()
                         .any(|(x, m)| f32_ill(x, *m))
-                        || attacked.is_some_and(|m| views.iter().any(|x| f32_ill(x, m)))
-                        || views.iter().any(|x| f32_ill(x, Mode::Train(Branch::Adv))));
+                        || views.iter().any(|x| f32_ill(x, adv))
+                        || (train_attack
+                            && reference.iterates.iter().flatten().any(|x| f32_ill(x, adv))));
                 let n2 = [(&p, clean), (&q, clean)]
                     .iter()
                     .any(|(x, m)| conditioning(&model, x, *m).pair_ill(u, tol.one_step));
@@ -613,7 +615,6 @@ mod peer {
                 }
                 // Every PGD step's reference gradient decides which entries may
                 // legitimately differ: below the threshold at any step.
-                let reference = peer_attack_trace(&mlp, p.view(), q.view(), &cfg).unwrap();
                 let stack = |parts: &[Array2<f64>]| {
                     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
                     concatenate(Axis(0), &views).unwrap()
@@ -641,9 +642,20 @@ mod peer {
                     let w = worst.entry("X_adv").or_insert(0.0);
                     *w = w.max(e);
                 }
-                let differs = Zip::from(&x_got).and(&x_want).fold(false, |d, a, b| {
-                    d || (a - b).abs() > tol.one_step * largest(&want.x_adv.data)
-                });
+                // Entries that differ (all inside the mask, compare_views
+                // checked): at most 1% of the view (docs/SPEC.md §8's share).
+                let scale = tol.one_step * largest(&want.x_adv.data);
+                let differing = Zip::from(&x_got)
+                    .and(&x_want)
+                    .fold(0usize, |n, a, b| n + usize::from((a - b).abs() > scale));
+                assert!(
+                    differing as f64 <= 0.01 * x_want.len() as f64,
+                    "{} {}: {differing} of {} entries of X_adv excused (> 1%): a bug, says docs/SPEC.md §8",
+                    be.name(),
+                    v.name,
+                    x_want.len()
+                );
+                let differs = differing > 0;
                 if differs {
                     excused_cases.push(v.name.clone());
                     continue; // a different view: the rest of the step differs legitimately

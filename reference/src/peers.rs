@@ -514,7 +514,7 @@ pub fn peer_views<F: Real>(
 /// One PGD step of a trace: the views' iterates and their gradients.
 type TraceStep<F> = (Vec<Array2<F>>, Vec<Array2<F>>);
 
-/// A peer attack with the input gradient of every PGD step: what a
+/// A peer attack with the iterate and input gradient of every PGD step: what a
 /// conformance check needs to tell a sign decided by rounding from a real
 /// difference, and what the conformance vectors record.
 #[derive(Debug, Clone, PartialEq)]
@@ -529,8 +529,9 @@ pub struct PeerAttackTrace<F> {
     pub gradients: Vec<Vec<Array2<F>>>,
 }
 
-/// [`peer_views`] with every step's input gradient, with no side effects.
-/// Keeps `2k + 1` arrays per view: checked before anything is allocated.
+/// [`peer_views`] with every PGD step's iterate and input gradient, with no
+/// side effects. Keeps `2k + 1` arrays per view: checked before anything is
+/// allocated.
 ///
 /// ```
 /// use ndarray::Array2;
@@ -554,14 +555,14 @@ pub fn peer_attack_trace<F: Real>(
     let kept = check::elements(
         what,
         &[
-            pgd.steps.saturating_add(1),
+            pgd.steps.saturating_mul(2).saturating_add(1),
             cfg.views(),
             p.nrows(),
             p.ncols(),
         ],
     )?;
     check::allocatable::<F>(what, kept)?;
-    let mut steps = Vec::with_capacity(pgd.steps);
+    let mut steps = Vec::new();
     let views = match cfg.method {
         PeerMethod::Acl => {
             let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, Some(&mut steps))?;

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         return fail(&format!("cannot create {}: {e}", peer_dir.display()));
     }
     for i in 0..peers::NUM_CASES {
-        let v = match peers::generate(i, seed + 1000) {
+        let v = match peers::generate(i, seed.wrapping_add(1000)) {
             Ok(v) => v,
             Err(e) => return fail(&format!("peer case {i}: {e}")),
         };

@@ -442,7 +442,7 @@ pub fn peer_well_conditioned(case: &Case, method: PeerKind) -> Result<(), Ill> {
                 .zip(n.iter())
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f64, nan_max);
-            if g.iter().any(|v| v.abs() <= SIGN_MARGIN * noise) {
+            if noise.is_nan() || g.iter().any(|v| v.abs() <= SIGN_MARGIN * noise) {
                 return Err(Ill::SignWithinRounding);
             }
         }

@@ -183,8 +183,9 @@ pub struct PeerVector {
 
 /// The configuration of peer case `i`: both methods, every loss, SGD and
 /// Adam, eval- and train-mode attacks, with and without the random start
-/// and the clamp, the peers' defaults and a few shorter attacks.
-pub fn case_config(i: usize) -> PeerCaseConfig {
+/// and the clamp, the peers' defaults and a few shorter attacks. An `i`
+/// outside the set is an error.
+pub fn case_config(i: usize) -> Result<PeerCaseConfig> {
     // (method, loss, optimizer is Adam, bn, random start, clamp, (eps, eta, k), weight,
     //  (N, D_in, hidden, depth, d))
     type Row = (
@@ -268,9 +269,14 @@ pub fn case_config(i: usize) -> PeerCaseConfig {
             (24, 8, 10, 2, 6),
         ),
     ];
-    let (method, loss, adam, bn, random, clamp, (eps, eta, steps), weight, size) = rows[i];
+    let Some(&row) = rows.get(i) else {
+        return Err(invalid(format!(
+            "peer case {i}: there are {NUM_CASES} peer cases"
+        )));
+    };
+    let (method, loss, adam, bn, random, clamp, (eps, eta, steps), weight, size) = row;
     let (n, d_in, hidden, depth, d) = size;
-    PeerCaseConfig {
+    Ok(PeerCaseConfig {
         method: method.into(),
         loss: loss.name().into(),
         tau: loss.default_tau(),
@@ -291,7 +297,7 @@ pub fn case_config(i: usize) -> PeerCaseConfig {
         } else {
             OptimizerJson::case_sgd()
         },
-    }
+    })
 }
 
 /// `P` uniform in `[0, 1)` and `Q = 0.8 P + 0.2 u` (`u` uniform), pixel-like
@@ -371,8 +377,8 @@ pub fn compute_expected(
 /// Generates peer case `i` deterministically from `base_seed + i`: the
 /// random start's seed is the case's seed.
 pub fn generate(i: usize, base_seed: u64) -> Result<PeerVector> {
-    let mut cfg = case_config(i);
-    let seed = base_seed + i as u64;
+    let mut cfg = case_config(i)?;
+    let seed = base_seed.wrapping_add(i as u64);
     if cfg.pgd.random_start.is_some() {
         cfg.pgd.random_start = Some(seed);
     }
