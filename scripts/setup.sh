@@ -57,8 +57,12 @@ if ! have_openblas; then
 fi
 
 # --- Fashion-MNIST (Debian's dataset-fashion-mnist; the fashion replication) --
+# With CLAE_FASHION_DIR set the replication reads that folder instead, so
+# neither the Debian package nor the "missing" note applies.
 fashion_dir=/usr/share/datasets/fashion-mnist
-if [ ! -s "$fashion_dir/train-images-idx3-ubyte.gz" ]; then
+if [ -n "${CLAE_FASHION_DIR:-}" ]; then
+  say "Fashion-MNIST: using CLAE_FASHION_DIR=$CLAE_FASHION_DIR (Debian package not needed)"
+elif [ ! -s "$fashion_dir/train-images-idx3-ubyte.gz" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian's dataset-fashion-mnist (IDX files under $fashion_dir)"
     { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \

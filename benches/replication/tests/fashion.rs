@@ -11,6 +11,7 @@ use clae_replication::digits::eval::knn_predict;
 use clae_replication::fashion::augment::{
     augment_batch, draw_crop, hflip, resized_crop, AugmentConfig, CropBox,
 };
+use clae_replication::fashion::cnn_trainer;
 use clae_replication::fashion::data::{self, encode_idx, parse_idx, PIXELS, SIDE};
 use clae_replication::fashion::eval::{
     knn_accuracy, knn_predict_f32, knn_temperature, robust_accuracy, validated_probe, Features,
@@ -135,6 +136,14 @@ fn corrupt_idx_files_are_typed_errors() {
     // Truncated data, raw and gzipped.
     assert!(corrupt(&good[..good.len() - 1]).contains("truncated"));
     assert!(corrupt(&gzip(&good[..good.len() - 2])).contains("truncated"));
+    // Several concatenated gzip members (as `cat a.gz b.gz` makes) are one
+    // stream: all members are read, not just the first.
+    let mut two = gzip(&good[..good.len() / 2]);
+    two.extend(gzip(&good[good.len() / 2..]));
+    assert_eq!(
+        parse_idx(&two, "t").unwrap(),
+        parse_idx(&good, "t").unwrap()
+    );
     // A gzip stream cut in half.
     let gz = gzip(&encode_idx(&[100], &[7; 100]).unwrap());
     assert!(corrupt(&gz[..gz.len() / 2]).contains("gzip"));
@@ -348,6 +357,12 @@ fn validated_probe_and_its_gradient() {
     assert_eq!((r.val, r.test), (1.0, 1.0), "separable blobs");
     assert!(r.best_test >= r.test);
     assert!(cfg.weight_decays.contains(&r.weight_decay));
+    assert!(
+        cfg.lrs.contains(&r.lr),
+        "chosen lr {} from {:?}",
+        r.lr,
+        cfg.lrs
+    );
     assert!(r.epoch >= 1 && r.epoch <= cfg.epochs && r.epoch % cfg.eval_every == 0);
 
     // The probe's z-gradient of the summed cross-entropy against central
@@ -389,6 +404,38 @@ fn validated_probe_and_its_gradient() {
             "({i},{j}): {fd} vs {an}"
         );
     }
+
+    // A label outside 0..10, a label count other than the rows, and a
+    // column count other than the probe's are typed errors, not panics.
+    for labels in [vec![0, 1, 2, 3, 4, 10], vec![0, 1, 2, 3, 4, usize::MAX]] {
+        match r.probe.loss_gradient(z.view(), &labels) {
+            Err(FashionError::InvalidConfig { message, .. }) => {
+                assert!(message.contains("label"), "{message}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        r.probe.loss_gradient(z.view(), &ytr[..5]),
+        Err(FashionError::InvalidConfig { .. })
+    ));
+    let wide = Array2::<f32>::zeros((6, z.ncols() + 1));
+    assert!(matches!(
+        r.probe.loss_gradient(wide.view(), &ytr[..6]),
+        Err(FashionError::InvalidConfig { .. })
+    ));
+    let no_lr = ProbeConfig {
+        lrs: vec![],
+        ..ProbeConfig::default()
+    };
+    let t0 = Labelled {
+        x: xtr.view(),
+        y: &ytr,
+    };
+    assert!(matches!(
+        validated_probe(t0, t0, t0, &no_lr),
+        Err(FashionError::InvalidConfig { .. })
+    ));
 
     // Bad inputs are typed errors.
     let bad_cfg = ProbeConfig {
@@ -561,6 +608,61 @@ fn tiny_images(n: usize, seed: u64) -> data::Images {
 }
 
 #[test]
+fn mismatched_images_and_labels_are_typed_errors() {
+    let good = tiny_images(20, 3);
+    assert_eq!(
+        data::Images::new(good.images.clone(), good.labels.clone()).unwrap(),
+        good
+    );
+    let short = data::Images {
+        images: good.images.clone(),
+        labels: good.labels[..15].to_vec(),
+    };
+    let is_config = |r: Result<data::Images, FashionError>| {
+        matches!(r, Err(FashionError::InvalidConfig { .. }))
+    };
+    // `len()` is the label count: index 3 is in range, yet the rows do not
+    // match, which used to panic inside select.
+    assert!(is_config(short.select(&[3])));
+    let long = data::Images {
+        images: good.images.slice(ndarray::s![..10, ..]).to_owned(),
+        labels: good.labels.clone(),
+    };
+    assert!(is_config(long.select(&[12])));
+    assert!(is_config(data::Images::new(
+        good.images.clone(),
+        good.labels[..19].to_vec()
+    )));
+    let mut bad_label = good.labels.clone();
+    bad_label[4] = 10;
+    assert!(is_config(data::Images::new(good.images.clone(), bad_label)));
+    assert!(is_config(data::Images::new(
+        Array2::zeros((20, PIXELS - 1)),
+        good.labels.clone()
+    )));
+    // train_run checks before training.
+    let cfg = tiny_config(LossKind::Uel, Method::Plain);
+    let mut t = cfg.trainer(1).unwrap();
+    let mut curve = |_: &dyn Trainer| Ok(0.0);
+    let long_train = data::Images {
+        images: good.images.slice(ndarray::s![..10, ..]).to_owned(),
+        labels: good.labels.clone(),
+    };
+    assert!(matches!(
+        train_run(
+            t.as_mut(),
+            &cfg,
+            1,
+            &long_train,
+            1,
+            &mut curve,
+            &ProgressBar::hidden()
+        ),
+        Err(FashionError::InvalidConfig { .. })
+    ));
+}
+
+#[test]
 fn every_method_of_one_seed_starts_from_the_same_encoder() {
     let train = tiny_images(40, 7);
     let mut starts = Vec::new();
@@ -632,8 +734,20 @@ fn options_cells_and_equal_time() {
     let o2 = Options::parse(["--no-peers", "--no-equal-time", "--losses", "uel"].map(String::from))
         .unwrap()
         .unwrap();
-    // UEL's three, and SimCLR (the focus) plain, CLAE and the two other eps.
-    assert_eq!(o2.cells().len(), o2.seeds * (3 + 4));
+    // UEL's three, and SimCLR (the focus) plain, CLAE, its eps = 0 control
+    // and the two other eps.
+    assert_eq!(o2.cells().len(), o2.seeds * (3 + 5));
+    for seed in 0..o2.seeds as u64 {
+        assert!(o2
+            .cells()
+            .iter()
+            .any(|c| c.loss == LossKind::SimClr && c.method == Method::ClaeEps0 && c.seed == seed));
+    }
+    // A 0 in the sweep is rejected (the control covers it).
+    match Options::parse(["--sweep", "0,0.1"].map(String::from)) {
+        Err(FashionError::InvalidConfig { what, .. }) => assert_eq!(what, "--sweep"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
     assert!(Options::parse(["--seeds", "1"].map(String::from)).is_err());
     assert!(Options::parse(["--sweep", "0.1,x"].map(String::from)).is_err());
     assert!(Options::parse(["--bogus"].map(String::from)).is_err());
@@ -641,6 +755,24 @@ fn options_cells_and_equal_time() {
         .unwrap()
         .is_none());
     assert_ne!(o.fingerprint(), Options::quick().fingerprint());
+    // The fingerprint covers the format version, the probe's settings and
+    // the data folder, and holds no comma (it is a CSV field).
+    assert!(o
+        .fingerprint()
+        .starts_with(&format!("v{}-", run::FORMAT_VERSION)));
+    assert!(!o.fingerprint().contains(','));
+    let mut p = o.clone();
+    p.probe.lrs = vec![0.1];
+    assert_ne!(p.fingerprint(), o.fingerprint());
+    let mut p = o.clone();
+    p.probe.momentum = 0.5;
+    assert_ne!(p.fingerprint(), o.fingerprint());
+    let mut p = o.clone();
+    p.data = Some(PathBuf::from("/nonexistent/other-fashion-dir"));
+    assert_ne!(p.fingerprint(), o.fingerprint());
+    assert!(p
+        .fingerprint_details()
+        .contains("/nonexistent/other-fashion-dir"));
 }
 
 fn synthetic_options(dir: &Path, out: &Path) -> Options {
@@ -679,7 +811,11 @@ fn end_to_end_on_synthetic_idx_files_and_resume() {
             assert!((0.0..=1.0).contains(&acc));
         }
         assert!(r.probe_best_test >= r.probe_test);
-        assert_eq!(r.robust.len(), o.attack_eps.len());
+        // Radius 0 (clean accuracy on the attacked subset) and every radius.
+        assert_eq!(r.robust.len(), o.attack_eps.len() + 1);
+        assert_eq!(r.robust[0].0, 0.0);
+        // The radius-0 point bounds every attacked one (same images).
+        assert!(r.robust.iter().all(|(_, a)| *a <= r.robust[0].1));
         for (_, a) in &r.robust {
             assert!((0.0..=1.0).contains(a), "robust accuracy {a}");
         }
@@ -706,6 +842,13 @@ fn end_to_end_on_synthetic_idx_files_and_resume() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.starts_with("# Does the adversarial view help? Fashion-MNIST\n\n**Result.**"));
     assert!(md.contains("Welch") && md.contains("quick smoke run"));
+    // Every sweep value with its pixel-unit size, from STD.
+    assert_eq!(
+        report::sweep_pixels(&[0.01, 0.03, 0.1]),
+        "0.01 (0.0035 = 0.90/255 pixels), 0.03 (0.0106 = 2.70/255 pixels), 0.1 (0.0353 = 9.00/255 pixels)"
+    );
+    assert!(md.contains(&report::sweep_pixels(&o.sweep)));
+    assert!(md.contains("chosen learning rates"));
     // The CSV reads back to the same records.
     let back = read_finished(&out, &o.fingerprint()).unwrap();
     // (Debug text: NaN marks the epochs without a loss or a curve point.)
@@ -745,6 +888,56 @@ fn end_to_end_on_synthetic_idx_files_and_resume() {
         equal_time_epochs(&rep.runs, LossKind::Plain, long.cell.seed, o.epochs)
     );
     assert!(long.epochs >= o.epochs);
+
+    // Resume after a crash: a cell whose curve rows were written but whose
+    // runs.csv row (the commit marker) was not is not read back, and when
+    // it is run again the duplicate curve rows collapse to one per epoch,
+    // the last written.
+    let fp = o.fingerprint();
+    let first = rep.runs[0].clone();
+    let mut redo = first.clone();
+    for c in &mut redo.curve {
+        c.2 += 1000.0;
+    }
+    let orphan = run::RunRecord {
+        cell: Cell {
+            seed: 99,
+            ..first.cell
+        },
+        ..first.clone()
+    };
+    let curves = out.join("curves.csv");
+    let mut extra = run::curve_rows(&fp, &orphan);
+    extra.push_str(&run::curve_rows(&fp, &redo));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&curves)
+        .unwrap()
+        .write_all(extra.as_bytes())
+        .unwrap();
+    let back = read_finished(&out, &fp).unwrap();
+    assert_eq!(back.len(), rep.runs.len(), "the orphan curve is dropped");
+    assert!(back.iter().all(|r| r.cell.seed != 99));
+    let b0 = back
+        .iter()
+        .find(|r| r.cell.key() == first.cell.key())
+        .unwrap();
+    assert_eq!(b0.curve.len(), first.curve.len(), "one row per epoch");
+    for (a, b) in b0.curve.iter().zip(&redo.curve) {
+        assert_eq!((a.0, a.2), (b.0, b.2), "the last written row wins");
+    }
+    assert!(
+        b0.curve.windows(2).all(|w| w[0].0 < w[1].0),
+        "sorted by epoch"
+    );
+    // append_record writes the curve before the runs row.
+    let fresh = temp_dir("e2e-append");
+    run::append_record(&fresh, &fp, &first).unwrap();
+    assert_eq!(
+        format!("{:?}", read_finished(&fresh, &fp).unwrap()),
+        format!("{:?}", vec![first.clone()])
+    );
+    std::fs::remove_dir_all(&fresh).ok();
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&out).ok();
 }
@@ -776,6 +969,14 @@ fn equal_time_epochs_from_measured_seconds() {
         equal_time_epochs(&runs, LossKind::Plain, 0, 20),
         20,
         "no such cells"
+    );
+    // A nonsense plain time (as a hand-edited CSV could hold) is capped at
+    // MAX_EQUAL_TIME_RATIO x the epochs instead of saturating.
+    set(&mut runs, Method::Plain, 1e-300);
+    set(&mut runs, Method::Clae, 1.0);
+    assert_eq!(
+        equal_time_epochs(&runs, LossKind::Uel, 0, 20),
+        20 * run::MAX_EQUAL_TIME_RATIO as usize
     );
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&out).ok();
@@ -849,6 +1050,20 @@ fn cnn_input_gradient_matches_finite_differences() {
         .zip(&z_eval)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(zdiff < 1e-6, "{zdiff}");
+    // Embedding more rows than one chunk gives the rows' own embeddings.
+    let n = cnn_trainer::EMBED_CHUNK + 5;
+    let big = tiny_images(n, 10).images;
+    let z_big = t.embed_eval(big.view()).unwrap();
+    assert_eq!(z_big.dim(), (n, 4));
+    let tail = t.embed_eval(big.slice(ndarray::s![n - 7.., ..])).unwrap();
+    let head = t.embed_eval(big.slice(ndarray::s![..3, ..])).unwrap();
+    let d = z_big
+        .slice(ndarray::s![n - 7.., ..])
+        .iter()
+        .zip(&tail)
+        .chain(z_big.slice(ndarray::s![..3, ..]).iter().zip(&head))
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d < 1e-5, "chunked embedding differs by {d}");
     let s = |x: &Array2<f32>| -> f64 {
         let z = t.embed_eval(x.view()).unwrap();
         z.iter()

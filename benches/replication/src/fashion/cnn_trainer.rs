@@ -13,7 +13,7 @@ use clae_accelerated::encoder::Mode;
 use clae_accelerated::optim::Optimizer;
 use clae_accelerated::step::{self, StepReport};
 use clae_accelerated::Encoder;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis};
 use tch::{Device, Tensor};
 
 impl From<clae_accelerated::Error> for FashionError {
@@ -31,6 +31,10 @@ impl From<tch::TchError> for FashionError {
         }
     }
 }
+
+/// Rows embedded per forward pass by [`Trainer::embed_eval`] of
+/// [`CnnTrainer`].
+pub const EMBED_CHUNK: usize = 2048;
 
 /// The CNN trainer (CPU, `f32`).
 #[derive(Debug)]
@@ -111,9 +115,25 @@ impl Trainer for CnnTrainer {
         Ok(step_loss(&r))
     }
 
+    /// Embeds in chunks of [`EMBED_CHUNK`] rows, so a 55 000-image bank
+    /// never sits in one tensor (with its activations) at once.
     fn embed_eval(&self, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
-        let z = self.cnn.embed(&image_tensor(x)?)?;
-        Ok(array2_from_tensor::<f32>(&z)?)
+        if x.nrows() <= EMBED_CHUNK {
+            let z = self.cnn.embed(&image_tensor(x)?)?;
+            return Ok(array2_from_tensor::<f32>(&z)?);
+        }
+        let mut parts = Vec::with_capacity(x.nrows().div_ceil(EMBED_CHUNK));
+        for start in (0..x.nrows()).step_by(EMBED_CHUNK) {
+            let end = (start + EMBED_CHUNK).min(x.nrows());
+            let z = self
+                .cnn
+                .embed(&image_tensor(x.slice(ndarray::s![start..end, ..]))?)?;
+            parts.push(array2_from_tensor::<f32>(&z)?);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(Axis(0), &views).map_err(|e| FashionError::Backend {
+            message: format!("concatenating embedding chunks: {e}"),
+        })
     }
 
     fn embed_eval_vjp(

@@ -20,7 +20,7 @@
 //! that in pixel units.
 
 use super::{FashionError, Result};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use ndarray::{Array2, ArrayView2, Axis};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -64,6 +64,37 @@ pub struct Images {
 }
 
 impl Images {
+    /// Images and labels checked against each other: `images` must be
+    /// `n x 784` and `labels` `n` values below [`CLASSES`]; anything else is
+    /// [`FashionError::InvalidConfig`].
+    pub fn new(images: Array2<f32>, labels: Vec<usize>) -> Result<Images> {
+        let set = Images { images, labels };
+        set.check()?;
+        Ok(set)
+    }
+
+    /// Checks what [`Images::new`] checks (the fields are public, so a
+    /// value built directly may be inconsistent).
+    pub fn check(&self) -> Result<()> {
+        if self.images.nrows() != self.labels.len() || self.images.ncols() != PIXELS {
+            return Err(FashionError::config(
+                "images",
+                format!(
+                    "{:?} pixels with {} labels: need n x {PIXELS} with n labels",
+                    self.images.dim(),
+                    self.labels.len()
+                ),
+            ));
+        }
+        if let Some((i, &bad)) = self.labels.iter().enumerate().find(|(_, &y)| y >= CLASSES) {
+            return Err(FashionError::config(
+                "images",
+                format!("label {bad} of image {i} is not below {CLASSES}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -75,8 +106,10 @@ impl Images {
     }
 
     /// The images and labels at `indices`, in that order (an index out of
-    /// range is [`FashionError::InvalidConfig`]).
+    /// range, or images and labels that do not match as [`Images::check`]
+    /// wants, is [`FashionError::InvalidConfig`]).
     pub fn select(&self, indices: &[usize]) -> Result<Images> {
+        self.check()?;
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(FashionError::config(
                 "row index",
@@ -140,8 +173,8 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
-/// Parses an IDX file held in memory; gzip (first bytes `1f 8b`) is
-/// decompressed first. `source_name` is used in errors.
+/// Parses an IDX file held in memory; gzip (first bytes `1f 8b`, one or
+/// several concatenated members) is decompressed first. `source_name` is used in errors.
 ///
 /// ```
 /// use clae_replication::fashion::data::parse_idx;
@@ -158,7 +191,7 @@ pub fn parse_idx(bytes: &[u8], source_name: &str) -> Result<Idx> {
     let inflated;
     let raw: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        GzDecoder::new(bytes)
+        MultiGzDecoder::new(bytes)
             .read_to_end(&mut out)
             .map_err(|e| corrupt(format!("not a valid gzip stream: {e}")))?;
         inflated = out;

@@ -310,8 +310,13 @@ pub fn summary_table(rep: &Replication) -> String {
         100.0 * b.probe_test,
         100.0 * b.probe_best_test
     );
-    for (_, a) in &b.robust {
-        let _ = write!(s, " {:.2} |", 100.0 * a);
+    for e in &rep.options.attack_eps {
+        match b.robust.iter().find(|(x, _)| x == e) {
+            Some((_, a)) => {
+                let _ = write!(s, " {:.2} |", 100.0 * a);
+            }
+            None => s.push_str(" – |"),
+        }
     }
     s.push_str(" – |\n");
     s
@@ -584,6 +589,35 @@ fn seconds_text(rep: &Replication) -> String {
     s
 }
 
+/// Every sweep value with its size in `[0, 1]` pixels (`eps x STD`) and in
+/// 1/255 steps, e.g. `0.03 (0.0106 = 2.70/255 pixels)`.
+pub fn sweep_pixels(sweep: &[f64]) -> String {
+    sweep
+        .iter()
+        .map(|&e| format!("{e} ({:.4} = {:.2}/255 pixels)", e * STD, e * STD * 255.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How often each probe learning rate was chosen, e.g. `0.5 (12 cells), 0.05 (3 cells)`.
+fn chosen_lrs(rep: &Replication) -> String {
+    let mut counts: Vec<(f64, usize)> = Vec::new();
+    for r in &rep.runs {
+        match counts.iter_mut().find(|(lr, _)| *lr == r.probe_lr) {
+            Some(c) => c.1 += 1,
+            None => counts.push((r.probe_lr, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "none (no cells)".into();
+    }
+    counts
+        .iter()
+        .map(|(lr, n)| format!("{lr} ({n} cells)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The full Markdown report.
 pub fn markdown(rep: &Replication) -> String {
     let o = &rep.options;
@@ -613,7 +647,7 @@ pub fn markdown(rep: &Replication) -> String {
         "## Results (mean ± std over seeds)\n\n{}",
         summary_table(rep)
     );
-    s.push_str("⚑ \"best test epoch\": the best test accuracy over the probe's epochs and weight decays, as the authors report it — selected on the test set, so optimistic. The \"linear probe\" column selects weight decay and stopping epoch on the validation split.\n\n");
+    s.push_str("⚑ \"best test epoch\": the best test accuracy over the probe's epochs and weight decays, as the authors report it — selected on the test set, so optimistic. The \"linear probe\" column selects learning rate, weight decay and stopping epoch on the validation split.\n\n");
     s.push_str("![accuracy per method](accuracy.svg)\n\n![accuracy vs eps](accuracy_vs_eps.svg)\n\n![robust accuracy](robustness.svg)\n\n![learning curves](learning_curves.svg)\n\n");
     let _ = writeln!(
         s,
@@ -628,24 +662,28 @@ pub fn markdown(rep: &Replication) -> String {
         s,
         "## Protocol\n\n\
 * Data: Fashion-MNIST's IDX files (60 000 training, 10 000 test, 28x28, 10 classes). A stratified validation split of {val} images is carved from the training set (seed {}); the encoders train on a stratified subset of {tr} of the rest; the kNN bank is {bank} training images outside validation; {test} test images are evaluated, {} of them attacked.\n\
-* Inputs: pixels in [0, 1], normalised per channel with the training set's mean {} and std {} before the encoder, as the authors normalise CIFAR-10. CLAE's eps is in normalised units (the authors' convention): eps = 0.03 normalised is {:.4} in [0, 1] pixels ({:.2}/255). Sweep (focus loss {}): eps ∈ {{{}}} normalised.\n\
+* Inputs: pixels in [0, 1], normalised per channel with the training set's mean {} and std {} before the encoder, as the authors normalise CIFAR-10. CLAE's eps is in normalised units (the authors' convention), eps × std in [0, 1] pixels. Sweep (focus loss {}): eps ∈ {{{}}} normalised.\n\
 * Views: random resized crop (area [0.2, 1], aspect [3/4, 4/3], bilinear), horizontal flip ½, brightness and contrast jitter 0.4 with probability 0.8 — the same for every method.\n\
 * Encoder: {} (the MLP is docs/SPEC.md §2's; the CNN is `clae_accelerated::cnn`: conv3x3-DualBN2d-ReLU blocks, stride 2 after the first, global average pooling, the MLP's projection head); N = {}; {} epochs; tau and optimizer as docs/SPEC.md (SimCLR's Adam lr raised to 1e-3, as in the digits replication). CLAE: FGSM on P, alpha = 1, lean recipe. Control: the CLAE step with eps = 0. ACL-/RoCL-style: `clae_reference::peers` with their public attacks (PGD-5 at 8/255, PGD-7 at 0.0314, eval-mode BN, random start reseeded per step), converted to normalised units.\n\
-* kNN-200 with the authors' temperatures (0.1 Plain/UEL, 0.5 SimCLR; raw pixels 0.1). Linear probe on the eval-mode embeddings of the {tr} training images: full-batch GD with momentum, up to {} epochs, weight decay ∈ {:?}, both chosen on validation.\n\
+* kNN-200 with the authors' temperatures (0.1 Plain/UEL, 0.5 SimCLR; raw pixels 0.1). Linear probe on the eval-mode embeddings of the {tr} training images: full-batch GD with momentum {}, up to {} epochs, learning rate ∈ {:?} and weight decay ∈ {:?}, all three (with the stopping epoch) chosen on validation; chosen learning rates: {}.\n\
+* Learning curves: kNN-200 every {} epochs on {} test images with the {tr} contrastive training images as the bank (cheaper than the final kNN-200's bank of {bank} images, so curve values are not directly comparable with the final kNN-200).\n\
 * Robustness: PGD-{} (L∞, [0, 1] pixels, eps ∈ {{{}}}/255, random start, step 2.5 eps / k, projection and clamp) on encoder + probe end to end; an image is robust when classified correctly clean and attacked.\n",
         super::run::SPLIT_SEED,
         o.robust.min(test),
         super::data::MEAN,
         STD,
-        0.03 * STD,
-        0.03 * STD * 255.0,
         focus,
-        o.sweep.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+        sweep_pixels(&o.sweep),
         encoder_text(o),
         o.batch,
         o.epochs,
+        o.probe.momentum,
         o.probe.epochs,
+        o.probe.lrs,
         o.probe.weight_decays,
+        chosen_lrs(rep),
+        o.curve_every,
+        o.curve_test.min(test),
         o.pgd_steps,
         o.attack_eps.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
     );
@@ -945,7 +983,7 @@ pub fn accuracy_vs_eps_svg(rep: &Replication, path: &Path) -> Result<()> {
             "{}: accuracy vs CLAE eps (normalised units)",
             loss_title(loss)
         ),
-        "eps (normalised; x 0.353 for [0,1] pixels)",
+        &format!("eps (normalised; x {STD:.3} for [0,1] pixels)"),
         &series,
         p.is_finite()
             .then(|| ("plain kNN-200", vec![(0.0, p), (x_hi, p)])),
@@ -953,25 +991,31 @@ pub fn accuracy_vs_eps_svg(rep: &Replication, path: &Path) -> Result<()> {
 }
 
 /// `robustness.svg`: the probe's robust accuracy against the attack radius
-/// for every group of the focus loss (radius 0 = clean), and raw pixels.
+/// for every group of the focus loss (radius 0 = clean accuracy on the
+/// same attacked subset), and raw pixels.
 pub fn robustness_svg(rep: &Replication, path: &Path) -> Result<()> {
     let loss = rep.options.focus;
     let series: Vec<(String, Vec<(f64, MeanStd)>)> = groups(rep)
         .into_iter()
         .filter(|g| g.loss == loss)
         .map(|g| {
-            let mut pts = vec![(0.0, stat(rep, &g, &Metric::Probe))];
-            pts.extend(
-                rep.options
-                    .attack_eps
-                    .iter()
-                    .map(|&e| (e, stat(rep, &g, &Metric::Robust(e)))),
-            );
+            let mut radii = vec![0.0];
+            radii.extend(rep.options.attack_eps.iter().filter(|&&e| e != 0.0));
+            let pts = radii
+                .into_iter()
+                .map(|e| (e, stat(rep, &g, &Metric::Robust(e))))
+                .filter(|(_, m)| m.mean.is_finite())
+                .collect();
             (g.title(), pts)
         })
         .collect();
-    let mut base = vec![(0.0, 100.0 * rep.baseline.probe_test)];
-    base.extend(rep.baseline.robust.iter().map(|(e, a)| (*e, 100.0 * a)));
+    let mut base: Vec<(f64, f64)> = rep
+        .baseline
+        .robust
+        .iter()
+        .map(|(e, a)| (*e, 100.0 * a))
+        .collect();
+    base.sort_by(|a, b| a.0.total_cmp(&b.0));
     line_chart(
         path,
         &format!(
@@ -996,15 +1040,24 @@ pub fn learning_curves_svg(rep: &Replication, path: &Path) -> Result<()> {
         })
         .map(|g| {
             let runs = runs_of(rep, &g);
-            let epochs = runs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
-            let pts = (0..epochs)
+            // Lined up by epoch number, not by position: a point is the
+            // seeds that measured that epoch.
+            let mut epochs: Vec<usize> = runs
+                .iter()
+                .flat_map(|r| r.curve.iter().map(|c| c.0))
+                .collect();
+            epochs.sort_unstable();
+            epochs.dedup();
+            let pts = epochs
+                .into_iter()
                 .filter_map(|e| {
                     let v: Vec<f64> = runs
                         .iter()
-                        .map(|r| 100.0 * r.curve[e].3)
+                        .filter_map(|r| r.curve.iter().find(|c| c.0 == e))
+                        .map(|c| 100.0 * c.3)
                         .filter(|v| v.is_finite())
                         .collect();
-                    (!v.is_empty()).then(|| (runs[0].curve[e].0 as f64, MeanStd::of(&v)))
+                    (!v.is_empty()).then(|| (e as f64, MeanStd::of(&v)))
                 })
                 .collect();
             (format!("{} {}", loss_title(g.loss), g.title()), pts)

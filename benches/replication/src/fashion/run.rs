@@ -47,7 +47,7 @@ Options (sizes of the headline run in parentheses; --quick shrinks them):
   --probe-epochs N      linear probe epochs at most (200)
   --losses LIST         subset of plain,simclr,uel (all)
   --focus LOSS          loss of the eps sweep, the peers and equal time (simclr)
-  --sweep LIST          CLAE eps values (normalised units) for the focus loss (0.01,0.03,0.1)
+  --sweep LIST          CLAE eps values > 0 (normalised units) for the focus loss (0.01,0.03,0.1)
   --no-peers            skip ACL and RoCL
   --no-equal-time       skip plain at CLAE's wall-clock
   --out DIR             report folder (report-out/fashion-mnist)
@@ -112,6 +112,10 @@ pub struct Options {
     /// Progress bars.
     pub progress: bool,
 }
+
+/// Version of the CSV formats and of the protocol: part of every
+/// fingerprint, so rows written by another version are not reused.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Seed of the validation / subset splits (fixed).
 pub const SPLIT_SEED: u64 = 2020;
@@ -282,6 +286,12 @@ impl Options {
         if o.losses.is_empty() {
             return Err(FashionError::config("--losses", "needs at least one loss"));
         }
+        if o.sweep.contains(&0.0) {
+            return Err(FashionError::config(
+                "--sweep",
+                "contains 0: the eps = 0 control runs for every loss anyway; list only eps > 0",
+            ));
+        }
         Ok(Some(o))
     }
 
@@ -297,7 +307,8 @@ impl Options {
     }
 
     /// Every cell in run order: per loss and seed, plain, CLAE and the
-    /// control; for the focus loss also the other sweep values, plain at
+    /// control (also for a focus loss not in `losses`); for the focus loss
+    /// also the other sweep values (a 0 in the sweep is the control), plain at
     /// CLAE's wall-clock, ACL and RoCL. Plain at CLAE's wall-clock follows
     /// its seed's plain and CLAE cells (it reads their times).
     pub fn cells(&self) -> Vec<Cell> {
@@ -326,6 +337,7 @@ impl Options {
                     if !self.losses.contains(&loss) {
                         push(Method::Plain, 0.0);
                         push(Method::Clae, default_eps);
+                        push(Method::ClaeEps0, 0.0);
                     }
                     for &e in &self.sweep {
                         if e != default_eps && e != 0.0 {
@@ -345,8 +357,50 @@ impl Options {
         out
     }
 
-    /// A string of every size that changes the numbers: rows of the CSV
-    /// with another fingerprint are not reused.
+    /// Everything that changes the numbers beyond the sizes of
+    /// [`Options::fingerprint`]'s readable part: the CSV format version, the
+    /// probe's settings, every loss's training configuration (augmentation,
+    /// optimizer, tau, alpha), the data folder and its files' sizes.
+    pub fn fingerprint_details(&self) -> String {
+        let dir = self.data.clone().unwrap_or_else(data::default_dir);
+        let files: Vec<String> = [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]
+        .iter()
+        .map(|name| {
+            let gz = dir.join(format!("{name}.gz"));
+            let path = if gz.exists() { gz } else { dir.join(name) };
+            match std::fs::metadata(&path) {
+                Ok(m) => format!("{}={}", path.display(), m.len()),
+                Err(_) => format!("{}=missing", path.display()),
+            }
+        })
+        .collect();
+        let trains: Vec<String> = LossKind::ALL
+            .iter()
+            .map(|&l| {
+                let c = self.train_config(l, Method::Clae, l.default_eps());
+                format!(
+                    "{l}:tau{}:alpha{}:{:?}:{:?}",
+                    c.tau, c.alpha, c.optimizer, c.augment
+                )
+            })
+            .collect();
+        format!(
+            "v{FORMAT_VERSION}|data {}|probe {:?}|train {}",
+            files.join(";"),
+            self.probe,
+            trains.join(";")
+        )
+    }
+
+    /// A string of every setting that changes the numbers: rows of the CSV
+    /// with another fingerprint are not reused. The sizes are readable; the
+    /// rest ([`Options::fingerprint_details`]) enters as a 64-bit FNV-1a
+    /// hash. Holds no comma.
     pub fn fingerprint(&self) -> String {
         let m = self.model;
         let enc = match self.encoder {
@@ -354,8 +408,14 @@ impl Options {
             EncoderKind::Cnn { width, blocks } => format!("cnn{width}x{blocks}"),
         };
         let eps: Vec<String> = self.attack_eps.iter().map(|e| e.to_string()).collect();
+        let hash = self
+            .fingerprint_details()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            });
         format!(
-            "{enc}-e{}-t{}-v{}-b{}-T{}-ct{}-ce{}-r{}-k{}-a{}-h{}x{}x{}-n{}-p{}",
+            "v{FORMAT_VERSION}-{enc}-e{}-t{}-v{}-b{}-T{}-ct{}-ce{}-r{}-k{}-a{}-h{}x{}x{}-n{}-p{}-{hash:016x}",
             self.epochs,
             self.train,
             self.val,
@@ -456,11 +516,15 @@ pub struct RunRecord {
     pub probe_val: f64,
     /// Chosen weight decay.
     pub probe_wd: f64,
+    /// Chosen learning rate.
+    pub probe_lr: f64,
     /// Chosen epoch.
     pub probe_epoch: usize,
     /// Best test accuracy over probe epochs (the authors' number, optimistic).
     pub probe_best_test: f64,
-    /// `(eps in 1/255 units, robust accuracy)` per attack radius.
+    /// `(eps in 1/255 units, robust accuracy)` on the attacked subset:
+    /// radius 0 (clean accuracy on that subset) first, then every attack
+    /// radius.
     pub robust: Vec<(f64, f64)>,
     /// Learning curve: `(epoch, mean loss, seconds, curve kNN-200)`.
     pub curve: Vec<(usize, f64, f64, f64)>,
@@ -475,7 +539,8 @@ pub struct PixelBaseline {
     pub probe_test: f64,
     /// Best test epoch of that probe.
     pub probe_best_test: f64,
-    /// Robust accuracy of the pixel probe per attack radius.
+    /// Robust accuracy of the pixel probe on the attacked subset: radius 0
+    /// (clean) first, then every attack radius.
     pub robust: Vec<(f64, f64)>,
 }
 
@@ -564,7 +629,7 @@ pub fn prepare(all: &data::Fashion, o: &Options) -> Result<Prepared> {
     })
 }
 
-/// kNN-200, the validated probe, and `(eps /255, robust accuracy)` per radius.
+/// kNN-200, the validated probe, and `(eps /255, robust accuracy)` at radius 0 and per attack radius.
 type Evaluation = (f64, super::eval::ProbeResult, Vec<(f64, f64)>);
 
 /// Final evaluation of a trained encoder (or of the raw pixels).
@@ -603,7 +668,19 @@ fn evaluate(
         },
         &o.probe,
     )?;
+    // Radius 0 (unless attacked anyway): clean accuracy on the attacked
+    // subset, so the robustness curve starts on the same images.
     let mut robust = Vec::new();
+    if !o.attack_eps.contains(&0.0) {
+        let z = features.of(d.robust.view())?;
+        let pred = probe.probe.predict(z.view())?;
+        let hits = pred
+            .iter()
+            .zip(&d.robust.labels)
+            .filter(|(p, y)| p == y)
+            .count();
+        robust.push((0.0, hits as f64 / d.robust.len().max(1) as f64));
+    }
     for &e in &o.attack_eps {
         let cfg = PgdConfig {
             eps: e / 255.0,
@@ -676,6 +753,7 @@ pub fn run_cell(
         probe_test: probe.test,
         probe_val: probe.val,
         probe_wd: probe.weight_decay,
+        probe_lr: probe.lr,
         probe_epoch: probe.epoch,
         probe_best_test: probe.best_test,
         robust,
@@ -700,7 +778,8 @@ pub fn pixel_baseline(d: &Prepared, o: &Options) -> Result<PixelBaseline> {
 
 /// The epochs plain trains for in CLAE's wall-clock: `round(E * t_clae /
 /// t_plain)` from the seconds per epoch of this seed's plain and CLAE cells
-/// (default eps), at least `E`.
+/// (default eps), at least `E` and at most [`MAX_EQUAL_TIME_RATIO`] `x E`
+/// (a nonsense time read back from a CSV cannot ask for more).
 pub fn equal_time_epochs(runs: &[RunRecord], loss: LossKind, seed: u64, epochs: usize) -> usize {
     let spe = |m: Method| {
         runs.iter()
@@ -713,17 +792,21 @@ pub fn equal_time_epochs(runs: &[RunRecord], loss: LossKind, seed: u64, epochs: 
             .map(|r| r.seconds_per_epoch)
     };
     match (spe(Method::Plain), spe(Method::Clae)) {
-        (Some(p), Some(c)) if p > 0.0 && c.is_finite() => {
-            ((epochs as f64 * c / p).round() as usize).max(epochs)
+        (Some(p), Some(c)) if p > 0.0 && p.is_finite() && c.is_finite() && c > 0.0 => {
+            let ratio = (c / p).min(MAX_EQUAL_TIME_RATIO);
+            ((epochs as f64 * ratio).round() as usize).max(epochs)
         }
         _ => epochs,
     }
 }
 
+/// The largest `t_clae / t_plain` [`equal_time_epochs`] uses.
+pub const MAX_EQUAL_TIME_RATIO: f64 = 100.0;
+
 // ----------------------------------------------------------------- CSV --
 
 /// Header of `runs.csv`.
-pub const RUNS_HEADER: &str = "fingerprint,backend,loss,method,eps_normalised,eps_pixels,seed,epochs,seconds_per_epoch,train_seconds,knn200,knn_t,probe_test,probe_val,probe_wd,probe_epoch,probe_best_test,robust,eval_seconds";
+pub const RUNS_HEADER: &str = "fingerprint,backend,loss,method,eps_normalised,eps_pixels,seed,epochs,seconds_per_epoch,train_seconds,knn200,knn_t,probe_test,probe_val,probe_wd,probe_lr,probe_epoch,probe_best_test,robust,eval_seconds";
 /// Header of `curves.csv`.
 pub const CURVES_HEADER: &str =
     "fingerprint,loss,method,eps_normalised,seed,epoch,loss_total,seconds,knn200_curve";
@@ -731,7 +814,7 @@ pub const CURVES_HEADER: &str =
 /// The `runs.csv` row of a record.
 pub fn run_row(fp: &str, r: &RunRecord) -> String {
     format!(
-        "{fp},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        "{fp},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
         r.backend.replace(',', ";"),
         r.cell.loss,
         r.cell.method.name(),
@@ -746,6 +829,7 @@ pub fn run_row(fp: &str, r: &RunRecord) -> String {
         r.probe_test,
         r.probe_val,
         r.probe_wd,
+        r.probe_lr,
         r.probe_epoch,
         r.probe_best_test,
         robust_text(&r.robust),
@@ -845,7 +929,10 @@ fn field<T: std::str::FromStr>(f: &[&str], i: usize, path: &Path, line: usize) -
 }
 
 /// Reads the records of `runs.csv` and `curves.csv` in `dir` with
-/// fingerprint `fp` (missing files: none).
+/// fingerprint `fp` (missing files: none). A runs.csv row is the commit
+/// marker of its cell ([`append_record`] writes it last): curve rows of a
+/// cell without one are ignored, and each curve keeps one row per epoch
+/// (the last written), sorted by epoch.
 pub fn read_finished(dir: &Path, fp: &str) -> Result<Vec<RunRecord>> {
     let runs_path = dir.join("runs.csv");
     let text = match std::fs::read_to_string(&runs_path) {
@@ -866,18 +953,18 @@ pub fn read_finished(dir: &Path, fp: &str) -> Result<Vec<RunRecord>> {
         if f.first() != Some(&fp) {
             continue;
         }
-        if f.len() != 19 {
+        if f.len() != 20 {
             return Err(corrupt_csv(
                 &runs_path,
                 ln,
-                format!("{} fields, expected 19", f.len()),
+                format!("{} fields, expected 20", f.len()),
             ));
         }
         let loss = f[2]
             .parse::<LossKind>()
             .map_err(|e| corrupt_csv(&runs_path, ln, e.to_string()))?;
         let robust =
-            parse_robust(f[17]).ok_or_else(|| corrupt_csv(&runs_path, ln, "robust column"))?;
+            parse_robust(f[18]).ok_or_else(|| corrupt_csv(&runs_path, ln, "robust column"))?;
         out.push(RunRecord {
             cell: Cell {
                 loss,
@@ -893,9 +980,10 @@ pub fn read_finished(dir: &Path, fp: &str) -> Result<Vec<RunRecord>> {
             probe_test: field(&f, 12, &runs_path, ln)?,
             probe_val: field(&f, 13, &runs_path, ln)?,
             probe_wd: field(&f, 14, &runs_path, ln)?,
-            probe_epoch: field(&f, 15, &runs_path, ln)?,
-            probe_best_test: field(&f, 16, &runs_path, ln)?,
-            eval_seconds: field(&f, 18, &runs_path, ln)?,
+            probe_lr: field(&f, 15, &runs_path, ln)?,
+            probe_epoch: field(&f, 16, &runs_path, ln)?,
+            probe_best_test: field(&f, 17, &runs_path, ln)?,
+            eval_seconds: field(&f, 19, &runs_path, ln)?,
             robust,
             curve: Vec::new(),
         });
@@ -909,15 +997,25 @@ pub fn read_finished(dir: &Path, fp: &str) -> Result<Vec<RunRecord>> {
                 continue;
             }
             let key = format!("{}/{}/{}/{}", f[1], f[2], f[3], f[4]);
+            // Rows of a cell without a runs.csv row (a crash before its
+            // commit) are dropped; of repeated (cell, epoch) rows the last
+            // written wins (the attempt that went on to commit).
             if let Some(r) = out.iter_mut().find(|r| r.cell.key() == key) {
-                r.curve.push((
+                let point: (usize, f64, f64, f64) = (
                     field(&f, 5, &curves_path, ln)?,
                     field(&f, 6, &curves_path, ln)?,
                     field(&f, 7, &curves_path, ln)?,
                     field(&f, 8, &curves_path, ln)?,
-                ));
+                );
+                match r.curve.iter_mut().find(|c| c.0 == point.0) {
+                    Some(c) => *c = point,
+                    None => r.curve.push(point),
+                }
             }
         }
+    }
+    for r in &mut out {
+        r.curve.sort_by_key(|c| c.0);
     }
     Ok(out)
 }
@@ -941,14 +1039,15 @@ fn append(path: &Path, header: &str, text: &str) -> Result<()> {
     f.flush().map_err(io)
 }
 
-/// Appends a finished cell to `runs.csv` and `curves.csv` in `dir`.
+/// Appends a finished cell to `curves.csv` and then `runs.csv` in `dir`:
+/// the runs.csv row, written last, commits the cell (see [`read_finished`]).
 pub fn append_record(dir: &Path, fp: &str, r: &RunRecord) -> Result<()> {
+    append(&dir.join("curves.csv"), CURVES_HEADER, &curve_rows(fp, r))?;
     append(
         &dir.join("runs.csv"),
         RUNS_HEADER,
         &format!("{}\n", run_row(fp, r)),
-    )?;
-    append(&dir.join("curves.csv"), CURVES_HEADER, &curve_rows(fp, r))
+    )
 }
 
 // ------------------------------------------------------------- the run --
@@ -1016,7 +1115,17 @@ pub fn run(o: &Options) -> Result<Replication> {
             _ => o.epochs,
         };
         let label = format!("[{:>2}/{total}] {} seed {}", i + 1, cell.group(), cell.seed);
-        let steps = (epochs * (d.train.len() / o.batch.max(1))) as u64;
+        let steps = epochs
+            .checked_mul(d.train.len() / o.batch.max(1))
+            .ok_or_else(|| {
+                FashionError::config(
+                    "epochs",
+                    format!(
+                        "{epochs} epochs of {} steps overflow the step count",
+                        d.train.len() / o.batch.max(1)
+                    ),
+                )
+            })? as u64;
         let bar = progress_bar(o, &label, steps);
         let record = run_cell(cell, o, &d, epochs, &bar)?;
         let done = format!(

@@ -447,6 +447,7 @@ pub fn train_run(
     bar: &ProgressBar,
 ) -> Result<Trained> {
     cfg.validate()?;
+    train.check()?;
     let n = train.len();
     if n < cfg.batch_size {
         return Err(FashionError::config(
