@@ -29,6 +29,22 @@ fn tensors(e: &Expected) -> Vec<(&'static str, &Tensor)> {
     ]
 }
 
+/// `max |t|` (0 for an empty tensor).
+fn largest(t: &[f64]) -> f64 {
+    t.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+/// The kind a tensor's floor is taken over (docs/SPEC.md §8 stand-in).
+fn kind(name: &str, role: clae_reference::state::Role) -> &'static str {
+    if name.ends_with("running_mean") || name.ends_with("running_var") {
+        "BN running stats"
+    } else if role == clae_reference::state::Role::Parameter {
+        "parameters"
+    } else {
+        "optimizer state"
+    }
+}
+
 fn named<'a>(
     label: &'static str,
     a: &'a [NamedTensor],
@@ -299,15 +315,6 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
             // §8's stand-in floor: an absolute error of 16 unit roundoffs of
             // the largest tensor of its kind (parameters, BN running stats,
             // optimizer state), i.e. a scale of 16 u S_kind / tol.
-            let kind = |name: &str, role: Role| {
-                if name.ends_with("running_mean") || name.ends_with("running_var") {
-                    "BN running stats"
-                } else if role == Role::Parameter {
-                    "parameters"
-                } else {
-                    "optimizer state"
-                }
-            };
             let mut scale: std::collections::BTreeMap<&str, f64> = Default::default();
             let roles: std::collections::BTreeMap<&str, Role> = trained
                 .state
@@ -339,7 +346,7 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
                     }
                     let what = kind(&a.name, role_of(&a.name));
                     let floor = 16.0 * u * scale[what] / tol.one_step;
-                    let own = b.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                    let own = largest(&b.data);
                     // The pre-BatchNorm bias's gradient is zero analytically
                     // too: its optimizer state is measured against its layer's
                     // weight state, as in the suite.
@@ -348,7 +355,7 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
                         wanted
                             .iter()
                             .find(|e| e.name == w)
-                            .map_or(0.0, |e| e.data.iter().fold(0.0f64, |m, x| m.max(x.abs())))
+                            .map_or(0.0, |e| largest(&e.data))
                     } else {
                         0.0
                     };
@@ -383,7 +390,7 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
 // ------------------------------------------------------------ peer vectors --
 
 mod peer {
-    use super::rel_err;
+    use super::{kind, largest, rel_err};
     use clae_accelerated::device::Precision as TorchPrecision;
     use clae_conformance::backend::{Backend, Model, Precision, StepKind, Torch};
     use clae_conformance::json::{state_from_json, NamedTensor};
@@ -503,21 +510,6 @@ mod peer {
                 assert_eq!(a.name, b.name, "{}: tensor order", v.name);
                 check(&a.name, &a.data, &b.data);
             }
-        }
-    }
-
-    fn largest(t: &[f64]) -> f64 {
-        t.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-    }
-
-    /// The kind a tensor's floor is taken over (docs/SPEC.md §8 stand-in).
-    fn kind(name: &str, role: Role) -> &'static str {
-        if name.ends_with("running_mean") || name.ends_with("running_var") {
-            "BN running stats"
-        } else if role == Role::Parameter {
-            "parameters"
-        } else {
-            "optimizer state"
         }
     }
 
