@@ -12,17 +12,15 @@
 //!
 //! Initialisation as PyTorch's defaults (`U(-k, k)`, `k = 1/sqrt(fan_in)`,
 //! for conv weights and the head's weights and biases), drawn from one
-//! [`Rng`] seeded with `seed` in layer order; BatchNorm `γ = 1, β = 0`,
+//! [`Rng`](clae_reference::rng::Rng) seeded with `seed` in layer order; BatchNorm `γ = 1, β = 0`,
 //! running mean 0, variance 1 in both branches; momenta clean 0.1, adv 0.01.
 
 use crate::check::{for_precision, Health};
 use crate::device::{ensure_device, Precision};
 use crate::encoder::{Encoder, NamedTensors};
 use crate::error::Result;
-use crate::layers::{embed_normalize, BatchNorm, DualBatchNorm, Linear};
+use crate::layers::{embed_normalize, Builder, DualBatchNorm, Linear};
 use clae_reference::encoder::Mode;
-use clae_reference::rng::Rng;
-use clae_reference::state::Role;
 use clae_reference::{check, ClaeError};
 use tch::{Device, Tensor};
 
@@ -169,66 +167,6 @@ pub struct Cnn {
     head: [Linear; 2],
 }
 
-fn uniform(
-    tensors: &mut NamedTensors,
-    rng: &mut Rng,
-    name: &str,
-    shape: &[i64],
-    fan_in: i64,
-) -> Result<Tensor> {
-    let k = 1.0 / (fan_in as f64).sqrt();
-    let n: i64 = shape.iter().product();
-    let values: Vec<f64> = (0..n).map(|_| rng.uniform_in(-k, k)).collect();
-    let t = Tensor::f_from_slice(&values)?
-        .f_reshape(shape)?
-        .f_to_kind(tensors.precision().kind())?
-        .f_to_device(tensors.device())?;
-    Ok(tensors.add(name, Role::Parameter, t))
-}
-
-fn dual_bn(
-    tensors: &mut NamedTensors,
-    config: &CnnConfig,
-    name: &str,
-    c: i64,
-) -> Result<DualBatchNorm> {
-    let opts = (tensors.precision().kind(), tensors.device());
-    let mut branch = |branch: &str, momentum: f64| -> Result<BatchNorm> {
-        let p = format!("{name}.{branch}");
-        Ok(BatchNorm {
-            weight: tensors.add(
-                &format!("{p}.weight"),
-                Role::Parameter,
-                Tensor::f_ones([c], opts)?,
-            ),
-            bias: tensors.add(
-                &format!("{p}.bias"),
-                Role::Parameter,
-                Tensor::f_zeros([c], opts)?,
-            ),
-            running_mean: tensors.add(
-                &format!("{p}.running_mean"),
-                Role::Buffer,
-                Tensor::f_zeros([c], opts)?,
-            ),
-            running_var: tensors.add(
-                &format!("{p}.running_var"),
-                Role::Buffer,
-                Tensor::f_ones([c], opts)?,
-            ),
-            momentum,
-            eps: config.bn_eps,
-        })
-    };
-    let clean = branch("clean", config.bn_momentum_clean)?;
-    let adv = branch("adv", config.bn_momentum_adv)?;
-    Ok(DualBatchNorm {
-        name: name.to_string(),
-        clean,
-        adv,
-    })
-}
-
 impl Cnn {
     /// A freshly initialised encoder on `device` in `precision`.
     ///
@@ -249,21 +187,20 @@ impl Cnn {
             clae_reference::check::allocatable::<F>("CNN parameters", config.num_parameters()?)?;
         });
         ensure_device(device)?;
-        let mut tensors = NamedTensors::new(device, precision);
-        let mut rng = Rng::new(seed);
+        let mut b = Builder::new(
+            device,
+            precision,
+            seed,
+            config.bn_eps,
+            (config.bn_momentum_clean, config.bn_momentum_adv),
+        );
         let mut blocks = Vec::with_capacity(config.blocks);
         let mut cin = config.in_channels as i64;
         for k in 0..config.blocks {
             let cout = (config.width << k) as i64;
             let name = format!("blocks.{k}");
-            let weight = uniform(
-                &mut tensors,
-                &mut rng,
-                &format!("{name}.conv.weight"),
-                &[cout, cin, 3, 3],
-                cin * 9,
-            )?;
-            let bn = dual_bn(&mut tensors, &config, &format!("{name}.bn"), cout)?;
+            let weight = b.uniform(&format!("{name}.conv.weight"), &[cout, cin, 3, 3], cin * 9)?;
+            let bn = b.bn(&format!("{name}.bn"), cout)?;
             blocks.push(Block {
                 weight,
                 stride: if k == 0 { 1 } else { 2 },
@@ -271,32 +208,11 @@ impl Cnn {
             });
             cin = cout;
         }
-        let d = config.d as i64;
-        let mut linear = |name: &str, fan_in: i64, fan_out: i64| -> Result<Linear> {
-            let weight = uniform(
-                &mut tensors,
-                &mut rng,
-                &format!("{name}.weight"),
-                &[fan_out, fan_in],
-                fan_in,
-            )?;
-            let bias = uniform(
-                &mut tensors,
-                &mut rng,
-                &format!("{name}.bias"),
-                &[fan_out],
-                fan_in,
-            )?;
-            Ok(Linear {
-                weight,
-                bias: Some(bias),
-            })
-        };
-        let head0 = linear("head.0", cin, cin)?;
-        let head2 = linear("head.2", cin, d)?;
+        let head0 = b.linear("head.0", cin, cin)?;
+        let head2 = b.linear("head.2", cin, config.d as i64)?;
         Ok(Cnn {
             config,
-            tensors,
+            tensors: b.tensors,
             blocks,
             head: [head0, head2],
         })

@@ -3,9 +3,107 @@
 //! and `F.normalize`.
 
 use crate::check::Health;
+use crate::device::Precision;
+use crate::encoder::NamedTensors;
 use crate::error::Result;
 use clae_reference::encoder::{Branch, Mode};
-use tch::Tensor;
+use clae_reference::rng::Rng;
+use clae_reference::state::Role;
+use tch::{Device, Tensor};
+
+/// Builds a convolutional encoder's tensors in layout order, drawing initial
+/// values from one [`Rng`]: PyTorch's default `kaiming_uniform_(a = √5)` for
+/// convolutions and linear weights (`U(−k, k)`, `k = 1/√fan_in`) and
+/// `U(−k, k)` for linear biases, in `f64`, row-major, then rounded to the
+/// precision; BatchNorm `γ = 1, β = 0`, running mean 0, variance 1, with the
+/// encoder's `eps_bn` and the clean and adv branches' momenta.
+pub(crate) struct Builder {
+    pub(crate) tensors: NamedTensors,
+    rng: Rng,
+    bn_eps: f64,
+    bn_momenta: (f64, f64),
+}
+
+impl Builder {
+    /// An empty layout on `device` in `precision`; `bn_momenta` is `(clean, adv)`.
+    pub(crate) fn new(
+        device: Device,
+        precision: Precision,
+        seed: u64,
+        bn_eps: f64,
+        bn_momenta: (f64, f64),
+    ) -> Self {
+        Builder {
+            tensors: NamedTensors::new(device, precision),
+            rng: Rng::new(seed),
+            bn_eps,
+            bn_momenta,
+        }
+    }
+
+    /// A parameter of `shape` drawn from `U(−k, k)`, `k = 1/√fan_in`.
+    pub(crate) fn uniform(&mut self, name: &str, shape: &[i64], fan_in: i64) -> Result<Tensor> {
+        let k = 1.0 / (fan_in as f64).sqrt();
+        let n: i64 = shape.iter().product();
+        let values: Vec<f64> = (0..n).map(|_| self.rng.uniform_in(-k, k)).collect();
+        let t = Tensor::f_from_slice(&values)?
+            .f_reshape(shape)?
+            .f_to_kind(self.tensors.precision().kind())?
+            .f_to_device(self.tensors.device())?;
+        Ok(self.tensors.add(name, Role::Parameter, t))
+    }
+
+    /// A dual BatchNorm over `c` channels: `{name}.clean.*`, then `{name}.adv.*`.
+    pub(crate) fn bn(&mut self, name: &str, c: i64) -> Result<DualBatchNorm> {
+        let opts = (self.tensors.precision().kind(), self.tensors.device());
+        let eps = self.bn_eps;
+        let t = &mut self.tensors;
+        let mut branch = |branch: &str, momentum: f64| -> Result<BatchNorm> {
+            let p = format!("{name}.{branch}");
+            Ok(BatchNorm {
+                weight: t.add(
+                    &format!("{p}.weight"),
+                    Role::Parameter,
+                    Tensor::f_ones([c], opts)?,
+                ),
+                bias: t.add(
+                    &format!("{p}.bias"),
+                    Role::Parameter,
+                    Tensor::f_zeros([c], opts)?,
+                ),
+                running_mean: t.add(
+                    &format!("{p}.running_mean"),
+                    Role::Buffer,
+                    Tensor::f_zeros([c], opts)?,
+                ),
+                running_var: t.add(
+                    &format!("{p}.running_var"),
+                    Role::Buffer,
+                    Tensor::f_ones([c], opts)?,
+                ),
+                momentum,
+                eps,
+            })
+        };
+        let clean = branch("clean", self.bn_momenta.0)?;
+        let adv = branch("adv", self.bn_momenta.1)?;
+        Ok(DualBatchNorm {
+            name: name.to_string(),
+            clean,
+            adv,
+        })
+    }
+
+    /// `nn.Linear(fan_in, fan_out)` with a bias: `{name}.weight`, `{name}.bias`.
+    pub(crate) fn linear(&mut self, name: &str, fan_in: i64, fan_out: i64) -> Result<Linear> {
+        let weight = self.uniform(&format!("{name}.weight"), &[fan_out, fan_in], fan_in)?;
+        let bias = self.uniform(&format!("{name}.bias"), &[fan_out], fan_in)?;
+        Ok(Linear {
+            weight,
+            bias: Some(bias),
+        })
+    }
+}
 
 /// `F.normalize`'s clamp for the encoder output, `1e-12` (docs/SPEC.md §2).
 pub const NORMALIZE_EPS: f64 = 1e-12;

@@ -27,19 +27,11 @@ fn modes(bn: AttackBn) -> (Mode, Mode) {
     }
 }
 
-/// Number of adversarial views of the method.
-fn views_of(cfg: &PeerConfig) -> usize {
-    match cfg.method {
-        PeerMethod::Acl => 2,
-        PeerMethod::Rocl { .. } => 1,
-    }
-}
-
 /// The reference's size rule: the attack keeps a view and a gradient per
 /// adversarial view, each shaped like the batch.
 pub(crate) fn check_size<E: Encoder + ?Sized>(enc: &E, cfg: &PeerConfig, x: &Tensor) -> Result<()> {
     let what = "the views and gradients of the PGD attack";
-    let kept = clae_reference::check::elements(what, &[2 * views_of(cfg), x.numel()])?;
+    let kept = clae_reference::check::elements(what, &[2 * cfg.views(), x.numel()])?;
     for_precision!(enc.precision(), F => clae_reference::check::allocatable::<F>(what, kept))?;
     Ok(())
 }
@@ -246,10 +238,12 @@ fn attack<E: Encoder + ?Sized>(
     enc.check_activations("P", &p)?;
     check_size(enc, cfg, &p)?;
     if trace.is_some() {
-        let what = "the iterates' gradients of the PGD attack";
+        // the reference's trace rule, so that both refuse the same inputs
+        let what = "the iterates and gradients of the PGD attack";
+        let d = (p.numel() as usize) / (p.size()[0].max(1) as usize);
         let kept = clae_reference::check::elements(
             what,
-            &[cfg.pgd.steps.saturating_add(1), views_of(cfg), p.numel()],
+            &clae_reference::peers::trace_arrays(cfg, p.size()[0] as usize, d),
         )?;
         for_precision!(enc.precision(), F => clae_reference::check::allocatable::<F>(what, kept))?;
     }

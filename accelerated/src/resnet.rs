@@ -28,10 +28,8 @@ use crate::check::{for_precision, Health};
 use crate::device::{ensure_device, Precision};
 use crate::encoder::{Encoder, NamedTensors};
 use crate::error::Result;
-use crate::layers::{embed_normalize, BatchNorm, DualBatchNorm, Linear};
+use crate::layers::{embed_normalize, Builder, DualBatchNorm, Linear};
 use clae_reference::encoder::Mode;
-use clae_reference::rng::Rng;
-use clae_reference::state::Role;
 use clae_reference::{check, ClaeError};
 use tch::{Device, Tensor};
 
@@ -209,84 +207,13 @@ impl BasicBlock {
     }
 }
 
-/// Builds the tensors in layout order, drawing initial values from one
-/// [`Rng`]: PyTorch's default `kaiming_uniform_(a = √5)` for convolutions
-/// and linear weights (`U(−k, k)`, `k = 1/√fan_in`) and `U(−k, k)` for
-/// linear biases, in `f64`, row-major, then rounded to the precision;
-/// BatchNorm `γ = 1, β = 0`, running mean 0, variance 1.
-struct Builder {
-    tensors: NamedTensors,
-    rng: Rng,
-    config: ResNetConfig,
-}
-
 impl Builder {
-    fn uniform(&mut self, name: &str, shape: &[i64], fan_in: i64) -> Result<Tensor> {
-        let k = 1.0 / (fan_in as f64).sqrt();
-        let n: i64 = shape.iter().product();
-        let values: Vec<f64> = (0..n).map(|_| self.rng.uniform_in(-k, k)).collect();
-        let precision = self.tensors.precision();
-        let t = Tensor::f_from_slice(&values)?
-            .f_reshape(shape)?
-            .f_to_kind(precision.kind())?
-            .f_to_device(self.tensors.device())?;
-        Ok(self.tensors.add(name, Role::Parameter, t))
-    }
-
     fn conv(&mut self, name: &str, cin: i64, cout: i64, k: i64, stride: i64) -> Result<Conv> {
         let weight = self.uniform(&format!("{name}.weight"), &[cout, cin, k, k], cin * k * k)?;
         Ok(Conv {
             weight,
             stride,
             padding: k / 2,
-        })
-    }
-
-    fn bn(&mut self, name: &str, c: i64) -> Result<DualBatchNorm> {
-        let opts = (self.tensors.precision().kind(), self.tensors.device());
-        let branch = |b: &mut Builder, branch: &str, momentum: f64| -> Result<BatchNorm> {
-            let p = format!("{name}.{branch}");
-            let t = &mut b.tensors;
-            Ok(BatchNorm {
-                weight: t.add(
-                    &format!("{p}.weight"),
-                    Role::Parameter,
-                    Tensor::f_ones([c], opts)?,
-                ),
-                bias: t.add(
-                    &format!("{p}.bias"),
-                    Role::Parameter,
-                    Tensor::f_zeros([c], opts)?,
-                ),
-                running_mean: t.add(
-                    &format!("{p}.running_mean"),
-                    Role::Buffer,
-                    Tensor::f_zeros([c], opts)?,
-                ),
-                running_var: t.add(
-                    &format!("{p}.running_var"),
-                    Role::Buffer,
-                    Tensor::f_ones([c], opts)?,
-                ),
-                momentum,
-                eps: b.config.bn_eps,
-            })
-        };
-        let clean = branch(self, "clean", self.config.bn_momentum_clean)?;
-        let adv = branch(self, "adv", self.config.bn_momentum_adv)?;
-        Ok(DualBatchNorm {
-            name: name.to_string(),
-            clean,
-            adv,
-        })
-    }
-
-    fn linear(&mut self, name: &str, fan_in: i64, fan_out: i64) -> Result<Linear> {
-        let weight = self.uniform(&format!("{name}.weight"), &[fan_out, fan_in], fan_in)?;
-        let bias = self.uniform(&format!("{name}.bias"), &[fan_out], fan_in)?;
-        Ok(Linear {
-            weight,
-            bias: Some(bias),
         })
     }
 }
@@ -315,7 +242,7 @@ pub struct ResNet18 {
 
 impl ResNet18 {
     /// A freshly initialised network, reproducible from `seed` on every
-    /// device (values drawn on the CPU by the reference's [`Rng`]).
+    /// device (values drawn on the CPU by the reference's [`Rng`](clae_reference::rng::Rng)).
     pub fn new(
         config: ResNetConfig,
         seed: u64,
@@ -327,11 +254,13 @@ impl ResNet18 {
             clae_reference::check::allocatable::<F>("ResNet-18 parameters", config.num_parameters()?)?;
         });
         ensure_device(device)?;
-        let mut b = Builder {
-            tensors: NamedTensors::new(device, precision),
-            rng: Rng::new(seed),
-            config,
-        };
+        let mut b = Builder::new(
+            device,
+            precision,
+            seed,
+            config.bn_eps,
+            (config.bn_momentum_clean, config.bn_momentum_adv),
+        );
         let w = config.width as i64;
         let stem_conv = b.conv("stem.conv", config.in_channels as i64, w, 3, 1)?;
         let stem_bn = b.bn("stem.bn", w)?;

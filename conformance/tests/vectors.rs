@@ -53,6 +53,87 @@ fn named<'a>(
         .map(move |t| (format!("{label}:{}", t.name), t.data.as_slice()))
 }
 
+/// Checks the parameters, BatchNorm running statistics and optimizer state
+/// after one libtorch training step against a vector's, tensor by tensor, at
+/// docs/SPEC.md §8's one-step tolerance, and records the largest error per
+/// kind in `worst`. The suite's documented rules apply (conformance/README.md):
+/// under Adam the pre-BatchNorm biases (gradient zero analytically) and, in
+/// `f32`, all updated parameters are not compared. A tensor whose gradient is
+/// zero analytically (BatchNorm β of a feature no row activates after the
+/// ReLU, at N = 2) holds rounding noise of arbitrary relative size in both;
+/// §8's stand-in floor: an absolute error of 16 unit roundoffs of the largest
+/// tensor of its kind, i.e. a scale of `16 u S_kind / tol`. The pre-BatchNorm
+/// bias's optimizer state is measured against its layer's weight state.
+#[allow(clippy::too_many_arguments)]
+fn check_step_state(
+    label: &str,
+    trained: &clae_conformance::backend::Trained,
+    want_state: &[NamedTensor],
+    want_optimizer: &[NamedTensor],
+    adam: bool,
+    precision: clae_conformance::backend::Precision,
+    one_step: f64,
+    worst: &mut std::collections::BTreeMap<&'static str, f64>,
+) {
+    use clae_conformance::backend::Precision;
+    use clae_reference::state::Role;
+    let u = match precision {
+        Precision::F64 => f64::EPSILON / 2.0,
+        Precision::F32 => f32::EPSILON as f64 / 2.0,
+    };
+    let pre_bn_bias = |name: &str| name.starts_with("backbone.") && name.contains(".linear.bias");
+    let roles: std::collections::BTreeMap<&str, Role> = trained
+        .state
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.role))
+        .collect();
+    let role_of = |name: &str| roles.get(name).copied().unwrap_or(Role::Buffer);
+    let mut scale: std::collections::BTreeMap<&str, f64> = Default::default();
+    for b in want_state.iter().chain(want_optimizer) {
+        let s = scale.entry(kind(&b.name, role_of(&b.name))).or_insert(0.0);
+        *s = s.max(largest(&b.data));
+    }
+    for (got, wanted) in [
+        (&trained.state.entries, want_state),
+        (&trained.optimizer.entries, want_optimizer),
+    ] {
+        assert_eq!(got.len(), wanted.len(), "{label}: number of tensors");
+        for (a, b) in got.iter().zip(wanted) {
+            assert_eq!(a.name, b.name, "{label}: tensor order");
+            if adam
+                && (pre_bn_bias(&a.name)
+                    || (precision == Precision::F32 && a.role == Role::Parameter))
+            {
+                continue;
+            }
+            let what = kind(&a.name, role_of(&a.name));
+            let floor = 16.0 * u * scale[what] / one_step;
+            let sibling = if pre_bn_bias(&a.name) && role_of(&a.name) != Role::Parameter {
+                let w = a.name.replace(".linear.bias", ".linear.weight");
+                wanted
+                    .iter()
+                    .find(|e| e.name == w)
+                    .map_or(0.0, |e| largest(&e.data))
+            } else {
+                0.0
+            };
+            let e = clae_conformance::metrics::err_over(
+                &a.value,
+                &b.data,
+                largest(&b.data).max(floor).max(sibling),
+            );
+            let w = worst.entry(what).or_insert(0.0);
+            *w = w.max(e);
+            assert!(
+                e <= one_step,
+                "{label}: {} rel err {e:e} > {one_step:e}",
+                a.name
+            );
+        }
+    }
+}
+
 #[test]
 fn the_committed_set_covers_every_case_kind() {
     let v = vectors();
@@ -181,7 +262,6 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
     use clae_conformance::vectors::typed;
     use clae_reference::adversarial::QStart;
     use clae_reference::encoder::{Branch, Mode};
-    use clae_reference::state::Role;
 
     for (torch, precision) in [
         (TorchPrecision::F64, Precision::F64),
@@ -306,77 +386,16 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
             }
             check("loss_adv", &[report.loss_adv.unwrap()], &[want.loss_adv]);
             check("L_total", &[report.total], &[want.l_total]);
-            let adam = v.config.optimizer.kind == "adam";
-            let pre_bn_bias =
-                |name: &str| name.starts_with("backbone.") && name.contains(".linear.bias");
-            // A tensor whose gradient is zero analytically (here: BatchNorm β
-            // of a feature no row activates after the ReLU, at N = 2) holds
-            // rounding noise of arbitrary relative size in both; docs/SPEC.md
-            // §8's stand-in floor: an absolute error of 16 unit roundoffs of
-            // the largest tensor of its kind (parameters, BN running stats,
-            // optimizer state), i.e. a scale of 16 u S_kind / tol.
-            let mut scale: std::collections::BTreeMap<&str, f64> = Default::default();
-            let roles: std::collections::BTreeMap<&str, Role> = trained
-                .state
-                .entries
-                .iter()
-                .map(|e| (e.name.as_str(), e.role))
-                .collect();
-            let role_of = |name: &str| roles.get(name).copied().unwrap_or(Role::Buffer);
-            for b in want
-                .state_after_step
-                .iter()
-                .chain(&want.optimizer_state_after_step)
-            {
-                let s = scale.entry(kind(&b.name, role_of(&b.name))).or_insert(0.0);
-                *s = b.data.iter().fold(*s, |m, x| m.max(x.abs()));
-            }
-            for (got, wanted) in [
-                (&trained.state.entries, &want.state_after_step),
-                (&trained.optimizer.entries, &want.optimizer_state_after_step),
-            ] {
-                assert_eq!(got.len(), wanted.len(), "{}: number of tensors", v.name);
-                for (a, b) in got.iter().zip(wanted) {
-                    assert_eq!(a.name, b.name, "{}: tensor order", v.name);
-                    if adam && pre_bn_bias(&a.name) {
-                        continue;
-                    }
-                    if adam && precision == Precision::F32 && a.role == Role::Parameter {
-                        continue;
-                    }
-                    let what = kind(&a.name, role_of(&a.name));
-                    let floor = 16.0 * u * scale[what] / tol.one_step;
-                    let own = largest(&b.data);
-                    // The pre-BatchNorm bias's gradient is zero analytically
-                    // too: its optimizer state is measured against its layer's
-                    // weight state, as in the suite.
-                    let sibling = if pre_bn_bias(&a.name) && role_of(&a.name) != Role::Parameter {
-                        let w = a.name.replace(".linear.bias", ".linear.weight");
-                        wanted
-                            .iter()
-                            .find(|e| e.name == w)
-                            .map_or(0.0, |e| largest(&e.data))
-                    } else {
-                        0.0
-                    };
-                    let e = clae_conformance::metrics::err_over(
-                        &a.value,
-                        &b.data,
-                        own.max(floor).max(sibling),
-                    );
-                    let mut worst = worst.borrow_mut();
-                    let w = worst.entry(what).or_insert(0.0);
-                    *w = w.max(e);
-                    assert!(
-                        e <= tol.one_step,
-                        "{} {}: {} rel err {e:e} > {:e}",
-                        be.name(),
-                        v.name,
-                        a.name,
-                        tol.one_step
-                    );
-                }
-            }
+            check_step_state(
+                &format!("{} {}", be.name(), v.name),
+                &trained,
+                want.state_after_step.as_slice(),
+                want.optimizer_state_after_step.as_slice(),
+                v.config.optimizer.kind == "adam",
+                precision,
+                tol.one_step,
+                &mut worst.borrow_mut(),
+            );
         }
         println!(
             "{} vs committed vectors: max relative errors {:?}; sign(g) excused {excused} of {compared}; gradient and step checks skipped (ill-conditioned at this precision) for {} vectors: {skipped:?}",
@@ -390,17 +409,16 @@ fn libtorch_reproduces_every_vector_within_spec_8() {
 // ------------------------------------------------------------ peer vectors --
 
 mod peer {
-    use super::{kind, largest, rel_err};
+    use super::{largest, rel_err};
     use clae_accelerated::device::Precision as TorchPrecision;
     use clae_conformance::backend::{Backend, Model, Precision, StepKind, Torch};
-    use clae_conformance::json::{state_from_json, NamedTensor};
+    use clae_conformance::json::state_from_json;
     use clae_conformance::metrics::{compare_views, err_over, Tolerance};
     use clae_conformance::suite::conditioning::{conditioning, f32_relu_flip_risk};
     use clae_conformance::vectors::peers::{compute_expected, load_dir, PeerVector, NUM_CASES};
     use clae_conformance::vectors::{cpu_features, optimizer_typed};
     use clae_reference::encoder::{Branch, Mode};
     use clae_reference::peers::{peer_attack_trace, start_noise, AttackBn};
-    use clae_reference::state::Role;
     use ndarray::{concatenate, Array2, Axis, Zip};
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
@@ -664,57 +682,16 @@ mod peer {
                     0.0,
                 );
                 check("L_total", &[report.total], &[want.l_total], 0.0);
-                let adam = v.config.optimizer.kind == "adam";
-                let pre_bn_bias =
-                    |name: &str| name.starts_with("backbone.") && name.contains(".linear.bias");
-                let roles: BTreeMap<&str, Role> = trained
-                    .state
-                    .entries
-                    .iter()
-                    .map(|e| (e.name.as_str(), e.role))
-                    .collect();
-                let role_of = |name: &str| roles.get(name).copied().unwrap_or(Role::Buffer);
-                let mut scale: BTreeMap<&str, f64> = BTreeMap::new();
-                for b in want
-                    .state_after_step
-                    .iter()
-                    .chain(&want.optimizer_state_after_step)
-                {
-                    let s = scale.entry(kind(&b.name, role_of(&b.name))).or_insert(0.0);
-                    *s = s.max(largest(&b.data));
-                }
-                let weight_of = |wanted: &[NamedTensor], name: &str| {
-                    let w = name.replace(".linear.bias", ".linear.weight");
-                    wanted
-                        .iter()
-                        .find(|e| e.name == w)
-                        .map_or(0.0, |e| largest(&e.data))
-                };
-                for (got, wanted) in [
-                    (&trained.state.entries, &want.state_after_step),
-                    (&trained.optimizer.entries, &want.optimizer_state_after_step),
-                ] {
-                    assert_eq!(got.len(), wanted.len(), "{}: number of tensors", v.name);
-                    for (a, b) in got.iter().zip(wanted.iter()) {
-                        assert_eq!(a.name, b.name, "{}: tensor order", v.name);
-                        if adam
-                            && (pre_bn_bias(&a.name)
-                                || (precision == Precision::F32 && a.role == Role::Parameter))
-                        {
-                            continue;
-                        }
-                        let what = kind(&a.name, role_of(&a.name));
-                        let floor = 16.0 * u * scale[what] / tol.one_step;
-                        let sibling = if pre_bn_bias(&a.name) && role_of(&a.name) != Role::Parameter
-                        {
-                            weight_of(wanted, &a.name)
-                        } else {
-                            0.0
-                        };
-                        let data: Vec<f64> = a.value.iter().copied().collect();
-                        check(what, &data, &b.data, floor.max(sibling));
-                    }
-                }
+                super::check_step_state(
+                    &format!("{} {}", be.name(), v.name),
+                    &trained,
+                    want.state_after_step.as_slice(),
+                    want.optimizer_state_after_step.as_slice(),
+                    v.config.optimizer.kind == "adam",
+                    precision,
+                    tol.one_step,
+                    &mut worst.borrow_mut(),
+                );
             }
             println!(
                 "{} vs committed peer vectors: max relative errors {:?}; views that differ where a sign was below the threshold (step not compared beyond its loss): {excused_cases:?}; gradient and step checks skipped (ill-conditioned at this precision): {skipped:?}",

@@ -454,7 +454,7 @@ impl PeerConfig {
     }
 
     /// Number of adversarial views (ACL 2, RoCL 1).
-    fn views(&self) -> usize {
+    pub fn views(&self) -> usize {
         match self.method {
             PeerMethod::Acl => 2,
             PeerMethod::Rocl { .. } => 1,
@@ -464,17 +464,39 @@ impl PeerConfig {
 
 // -------------------------------------------------------- the public API --
 
+/// The factors of a [`PeerAttackTrace`]'s element count for an `n x d`
+/// batch: `2k + 1` arrays (the start and `k − 1` further iterates, `k`
+/// gradients, the view) per adversarial view. Both implementations' traces
+/// are held to it (docs/SPEC.md §7.1, sizes), so the same input is too large
+/// for both or for neither.
+pub fn trace_arrays(cfg: &PeerConfig, n: usize, d: usize) -> [usize; 4] {
+    [
+        cfg.pgd.steps.saturating_mul(2).saturating_add(1),
+        cfg.views(),
+        n,
+        d,
+    ]
+}
+
+/// The checks of docs/SPEC.md §7.1 in its order; with `trace`, also the size
+/// of a [`PeerAttackTrace`] (before the inputs' values, like every size).
 fn check_inputs<F: Real>(
     mlp: &Mlp<F>,
     p: ArrayView2<'_, F>,
     q: ArrayView2<'_, F>,
     cfg: &PeerConfig,
+    trace: bool,
 ) -> Result<(F, Option<F>, Pgd<F>)> {
     mlp.validate()?;
     let resolved = cfg.resolve::<F>()?;
     check::pair_shapes(("P", p), ("Q", q), Some(mlp.config().d_in))?;
     mlp.config().check_batch_size::<F>("P", p.nrows())?;
     resolved.2.check_size(cfg.views(), p.nrows(), p.ncols())?;
+    if trace {
+        let what = "the iterates and gradients of the PGD attack";
+        let kept = check::elements(what, &trace_arrays(cfg, p.nrows(), p.ncols()))?;
+        check::allocatable::<F>(what, kept)?;
+    }
     check::finite("P", p)?;
     check::finite("Q", q)?;
     Ok(resolved)
@@ -501,7 +523,7 @@ pub fn peer_views<F: Real>(
     q: ArrayView2<'_, F>,
     cfg: &PeerConfig,
 ) -> Result<Vec<Array2<F>>> {
-    let (tau, _, pgd) = check_inputs(mlp, p, q, cfg)?;
+    let (tau, _, pgd) = check_inputs(mlp, p, q, cfg, false)?;
     Ok(match cfg.method {
         PeerMethod::Acl => {
             let (x1, x2) = acl_attack(mlp, p, q, cfg.loss, tau, &pgd, None)?;
@@ -550,18 +572,7 @@ pub fn peer_attack_trace<F: Real>(
     q: ArrayView2<'_, F>,
     cfg: &PeerConfig,
 ) -> Result<PeerAttackTrace<F>> {
-    let (tau, _, pgd) = check_inputs(mlp, p, q, cfg)?;
-    let what = "the iterates and gradients of the PGD attack";
-    let kept = check::elements(
-        what,
-        &[
-            pgd.steps.saturating_mul(2).saturating_add(1),
-            cfg.views(),
-            p.nrows(),
-            p.ncols(),
-        ],
-    )?;
-    check::allocatable::<F>(what, kept)?;
+    let (tau, _, pgd) = check_inputs(mlp, p, q, cfg, true)?;
     let mut steps = Vec::new();
     let views = match cfg.method {
         PeerMethod::Acl => {
@@ -677,7 +688,7 @@ pub fn peer_gradients<F: Real>(
     q: ArrayView2<'_, F>,
     cfg: &PeerConfig,
 ) -> Result<(StepReport<F>, MlpGrads<F>)> {
-    let resolved = check_inputs(mlp, p, q, cfg)?;
+    let resolved = check_inputs(mlp, p, q, cfg, false)?;
     let pass = peer_pass(mlp, p, q, cfg, resolved)?;
     mlp.commit_running(pass.running);
     Ok((pass.report, pass.grads))
@@ -707,7 +718,7 @@ pub fn peer_step<F: Real>(
 ) -> Result<StepReport<F>> {
     let param_mags = mlp.parameter_magnitudes()?;
     opt.check_fits(mlp)?;
-    let resolved = check_inputs(mlp, p, q, cfg)?;
+    let resolved = check_inputs(mlp, p, q, cfg, false)?;
     let pass = peer_pass(mlp, p, q, cfg, resolved)?;
     opt.step_measured(mlp, &pass.grads, &param_mags, &pass.grad_mags)?;
     mlp.commit_running(pass.running);

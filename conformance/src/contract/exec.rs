@@ -1,7 +1,7 @@
 //! Executing one [`Call`] on each implementation and judging it against the
 //! contract.
 
-use super::{Batch, Call, EncoderSpec, StepSpec};
+use super::{Batch, Call, EncoderSpec, PeerCall, StepSpec};
 use clae_accelerated::device::Precision as TorchPrecision;
 use clae_accelerated::Encoder as _;
 use clae_reference::adversarial::Recipe;
@@ -260,7 +260,8 @@ fn reference<F: Real>(call: &Call) -> Judged {
         | Call::Embed(s, ..)
         | Call::InputGradient(s, ..)
         | Call::View(s, ..)
-        | Call::Step(s, ..) => Some(s),
+        | Call::Step(s, ..)
+        | Call::Peer(s, ..) => Some(s),
         _ => None,
     };
     let result = match (call, spec) {
@@ -479,6 +480,47 @@ fn ref_call<F: Real>(
                 return bad("a step's report, encoder or optimizer state is not finite".into());
             }
         }
+        Call::Peer(_, p, q, cfg, which) => {
+            use clae_reference::peers::{peer_attack_trace, peer_step, peer_views};
+            let (p, q) = (f_of::<F>(&p.array()), f_of::<F>(&q.array()));
+            let all_finite = |a: &Array2<F>| a.iter().all(|v| v.is_finite());
+            match which {
+                PeerCall::Views => {
+                    if !peer_views(mlp, p.view(), q.view(), cfg)?
+                        .iter()
+                        .all(all_finite)
+                    {
+                        return bad("peer_views gave a non-finite view".into());
+                    }
+                }
+                PeerCall::Trace => {
+                    let t = peer_attack_trace(mlp, p.view(), q.view(), cfg)?;
+                    let mut arrays = t
+                        .views
+                        .iter()
+                        .chain(t.iterates.iter().flatten())
+                        .chain(t.gradients.iter().flatten());
+                    if !arrays.all(all_finite) {
+                        return bad(
+                            "peer_attack_trace gave a non-finite view, iterate or gradient".into(),
+                        );
+                    }
+                }
+                PeerCall::Step(opt_cfg) => {
+                    let opt = opt_slot.insert(Optimizer::new(*opt_cfg, mlp)?);
+                    let r = peer_step(mlp, opt, p.view(), q.view(), cfg)?;
+                    let report_finite = r.loss_clean.is_finite()
+                        && r.total.is_finite()
+                        && r.loss_adv.is_none_or(|v| v.is_finite())
+                        && r.q_adv.iter().flatten().all(|v| v.is_finite());
+                    if !report_finite || !state_finite(&ref_state(mlp, Some(opt))) {
+                        return bad(
+                            "a peer step's report, encoder or optimizer state is not finite".into(),
+                        );
+                    }
+                }
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -606,7 +648,8 @@ fn torch(call: &Call, precision: TorchPrecision) -> Judged {
         | Call::Embed(s, ..)
         | Call::InputGradient(s, ..)
         | Call::View(s, ..)
-        | Call::Step(s, ..) => Some(s),
+        | Call::Step(s, ..)
+        | Call::Peer(s, ..) => Some(s),
         _ => None,
     };
     let result = match (result, spec) {
@@ -751,6 +794,37 @@ fn torch_call(
                 && r.q_adv.as_ref().is_none_or(t_finite);
             if !report_finite || !state_finite(&torch_state(mlp, Some(opt))?) {
                 return bad("a step's report, encoder or optimizer state is not finite");
+            }
+        }
+        Call::Peer(_, p, q, cfg, which) => {
+            use clae_accelerated::peers::{peer_attack_trace, peer_views};
+            let (p, q) = (t_of(&p.array(), precision), t_of(&q.array(), precision));
+            match which {
+                PeerCall::Views => {
+                    if !peer_views(mlp, &p, &q, cfg)?.iter().all(t_finite) {
+                        return bad("peer_views gave a non-finite view");
+                    }
+                }
+                PeerCall::Trace => {
+                    let (views, gradients) = peer_attack_trace(mlp, &p, &q, cfg)?;
+                    if !views.iter().chain(gradients.iter().flatten()).all(t_finite) {
+                        return bad("peer_attack_trace gave a non-finite view or gradient");
+                    }
+                }
+                PeerCall::Step(opt_cfg) => {
+                    let opt =
+                        opt_slot.insert(clae_accelerated::optim::Optimizer::new(*opt_cfg, mlp)?);
+                    let r = clae_accelerated::step::peer_step(mlp, opt, &p, &q, cfg)?;
+                    let report_finite = r.loss_clean.is_finite()
+                        && r.total.is_finite()
+                        && r.loss_adv.is_none_or(|v| v.is_finite())
+                        && r.q_adv.as_ref().is_none_or(t_finite);
+                    if !report_finite || !state_finite(&torch_state(mlp, Some(opt))?) {
+                        return bad(
+                            "a peer step's report, encoder or optimizer state is not finite",
+                        );
+                    }
+                }
             }
         }
         _ => {}

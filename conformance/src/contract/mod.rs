@@ -13,7 +13,8 @@
 //! [`calls`] generates the hostile input: scalars from `1e-320` to
 //! `f64::MAX`, NaN and infinities, zero, negative, tiny and huge
 //! hyper-parameters (`tau`, `eps`, `alpha`, `eta`, pixel ranges, `lr`,
-//! momentum, Adam's betas and `eps`, weight decay, BatchNorm constants),
+//! momentum, Adam's betas and `eps`, weight decay, BatchNorm constants, the
+//! ACL-/RoCL-style attacks' `eps`, `eta`, `k`, pixel range and RoCL weight),
 //! batches of `N = 0, 1, 2, …` rows with magnitudes up to `1e300` and a NaN
 //! or infinity anywhere, misshapen views, encoders with a corrupted
 //! parameter or buffer, and encoder sizes near `usize::MAX`. [`run`]
@@ -27,6 +28,7 @@ use clae_reference::adversarial::{AdvConfig, Attack, QStart, Recipe};
 use clae_reference::encoder::{Branch, MlpConfig, Mode};
 use clae_reference::loss::LossKind;
 use clae_reference::optim::OptimizerConfig;
+use clae_reference::peers::{AttackBn, PeerConfig, PeerMethod, PeerPgd};
 use clae_reference::rng::Rng;
 use clae_reference::step::ClaeConfig;
 use ndarray::Array2;
@@ -258,6 +260,60 @@ fn optimizer() -> BoxedStrategy<OptimizerConfig> {
     .boxed()
 }
 
+/// An ACL- or RoCL-style configuration (docs/SPEC.md §6.1) with hostile
+/// hyper-parameters: `tau`, the RoCL weight, the attack's `eps`, `eta`, pixel
+/// range and `k = 0` (an error). `k` stays small here: `peer_views` and
+/// `peer_step` keep only the views, so their memory does not grow with `k`
+/// and a huge `k` is a long run, not an error (docs/SPEC.md §7.1); only
+/// `peer_attack_trace` gets huge `k` (see [`calls`]).
+fn peer_config() -> BoxedStrategy<PeerConfig> {
+    let method = prop_oneof![
+        1 => Just(PeerMethod::Acl),
+        1 => scalar(1e-3, 1.0).prop_map(|weight| PeerMethod::Rocl { weight }),
+    ];
+    let clamp = prop_oneof![
+        2 => Just(Some((0.0, 1.0))),
+        2 => Just(None),
+        1 => (scalar(1e-3, 1.0), scalar(1e-3, 1.0)).prop_map(|(a, b)| Some((-a, b))),
+        1 => (scalar(1e-3, 1.0), scalar(1e-3, 1.0)).prop_map(Some),
+    ];
+    let pgd = (
+        scalar(1e-3, 0.1),
+        scalar(1e-3, 0.05),
+        prop::sample::select(vec![0usize, 1, 2, 3]),
+        prop::option::of(any::<u64>()),
+        prop::sample::select(vec![AttackBn::Eval, AttackBn::Train]),
+        clamp,
+    )
+        .prop_map(|(eps, eta, steps, random_start, bn, clamp)| PeerPgd {
+            eps,
+            eta,
+            steps,
+            random_start,
+            bn,
+            clamp,
+        });
+    (method, loss_kind(), tau(), pgd)
+        .prop_map(|(method, loss, tau, pgd)| PeerConfig {
+            method,
+            loss,
+            tau,
+            pgd,
+        })
+        .boxed()
+}
+
+/// Which peer function a [`Call::Peer`] calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PeerCall {
+    /// `peer_views` (no side effects).
+    Views,
+    /// `peer_attack_trace` (no side effects).
+    Trace,
+    /// `Optimizer::new`, then `peer_step`.
+    Step(OptimizerConfig),
+}
+
 /// Which training step a [`Call::Step`] makes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StepSpec {
@@ -286,6 +342,8 @@ pub enum Call {
     View(EncoderSpec, Batch, Batch, LossKind, f64, AdvConfig, Recipe),
     /// `Optimizer::new`, then a step.
     Step(EncoderSpec, Batch, Batch, OptimizerConfig, StepSpec),
+    /// An ACL- or RoCL-style attack or step (docs/SPEC.md §6.1).
+    Peer(EncoderSpec, Batch, Batch, PeerConfig, PeerCall),
     /// The reference's `uniformity(z, t)` and `alignment(z_p, z_q, alpha)`
     /// diagnostics (reference only).
     Diagnostics(Batch, Batch, f64),
@@ -313,6 +371,12 @@ impl Call {
             Call::Step(.., StepSpec::Plain(..)) => "plain_step",
             Call::Step(.., StepSpec::Clae(c)) if c.recipe == Recipe::Lean => "clae_step (lean)",
             Call::Step(..) => "clae_step (authors)",
+            Call::Peer(.., PeerCall::Views) => "peer_views",
+            Call::Peer(.., PeerCall::Trace) => "peer_attack_trace",
+            Call::Peer(_, _, _, c, PeerCall::Step(_)) => match c.method {
+                PeerMethod::Acl => "peer_step (ACL)",
+                PeerMethod::Rocl { .. } => "peer_step (RoCL)",
+            },
             Call::Diagnostics(..) => "uniformity, alignment",
             Call::LoadState(..) => "from_state_dict",
             Call::Backward(..) => "backward (reference)",
@@ -407,8 +471,26 @@ pub fn calls() -> BoxedStrategy<Call> {
         3 => (loss_kind(), tau(), scalar(0.1, 2.0), adv_config(), prop::sample::select(vec![Recipe::Lean, Recipe::Authors]))
             .prop_map(|(loss, tau, alpha, adv, recipe)| StepSpec::Clae(ClaeConfig { loss, tau, alpha, adv, recipe })),
     ];
-    let step = (views, optimizer(), step_spec)
+    let step = (views.clone(), optimizer(), step_spec)
         .prop_map(|((e, p, q, _, _), opt, spec)| Call::Step(e, p, q, opt, spec));
+    let peer_call = prop_oneof![
+        1 => Just(PeerCall::Views),
+        1 => Just(PeerCall::Trace),
+        2 => optimizer().prop_map(PeerCall::Step),
+    ];
+    // a trace keeps every iterate, so a huge `k` must be `TooLarge` in both
+    let huge_k = prop_oneof![
+        4 => Just(None),
+        1 => prop::sample::select(vec![1usize << 40, usize::MAX / 3, usize::MAX]).prop_map(Some),
+    ];
+    let peer = (views, peer_config(), peer_call, huge_k).prop_map(
+        |((e, p, q, _, _), mut cfg, which, huge_k)| {
+            if let (PeerCall::Trace, Some(k)) = (which, huge_k) {
+                cfg.pgd.steps = k;
+            }
+            Call::Peer(e, p, q, cfg, which)
+        },
+    );
     let diagnostics = (
         prop::sample::select(vec![1usize, 3]),
         scalar(0.5, 4.0),
@@ -443,6 +525,7 @@ pub fn calls() -> BoxedStrategy<Call> {
         1 => input_gradient,
         2 => view,
         4 => step,
+        2 => peer,
         1 => diagnostics,
     ]
     .boxed()

@@ -116,6 +116,89 @@ pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
     incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 }
 
+/// The `q` quantile of Student's t with `df` degrees of freedom, for
+/// `q` in `[0.5, 1)`: the `t >= 0` with `P(T <= t) = q` (bisection on
+/// [`student_t_two_sided`], to ~1e-12). NaN outside that domain.
+///
+/// ```
+/// use clae_replication::digits::stats::student_t_quantile;
+/// assert!((student_t_quantile(0.975, 8.0) - 2.306004).abs() < 1e-5);
+/// assert_eq!(student_t_quantile(0.5, 3.0), 0.0);
+/// ```
+pub fn student_t_quantile(q: f64, df: f64) -> f64 {
+    if !((0.5..1.0).contains(&q) && df > 0.0 && df.is_finite()) {
+        return f64::NAN;
+    }
+    let upper = |t: f64| student_t_two_sided(t, df) / 2.0; // P(T > t), decreasing
+    let target = 1.0 - q;
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while upper(hi) > target {
+        hi *= 2.0;
+        if hi > 1e12 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if upper(mid) > target {
+            lo = mid
+        } else {
+            hi = mid
+        }
+        if hi - lo <= 1e-13 * hi.max(1.0) {
+            break;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// The smallest true mean difference a two-sided paired t-test at level
+/// `alpha` detects with probability `power`, given `n` paired differences
+/// with standard deviation `sd`: `(t_{1−alpha/2, n−1} + t_{power, n−1}) sd / √n`
+/// (the usual Student-t approximation to the noncentral t; for small `n` it
+/// is slightly optimistic). NaN for `n < 2`.
+///
+/// ```
+/// use clae_replication::digits::stats::detectable_difference;
+/// // n = 3: (4.3027 + 1.0607) / √3 ≈ 3.097 standard deviations
+/// assert!((detectable_difference(1.0, 3, 0.05, 0.8) - 3.0966).abs() < 1e-3);
+/// ```
+pub fn detectable_difference(sd: f64, n: usize, alpha: f64, power: f64) -> f64 {
+    if n < 2 {
+        return f64::NAN;
+    }
+    let df = (n - 1) as f64;
+    (student_t_quantile(1.0 - alpha / 2.0, df) + student_t_quantile(power, df)) * sd
+        / (n as f64).sqrt()
+}
+
+/// Two-sided exact sign test: the probability, under a fair coin, of a
+/// split of `n` signs at least as uneven as `wins` of `n`
+/// (`min(1, 2 P(X >= max(wins, n - wins)))`, `X ~ Binomial(n, 1/2)`). NaN for
+/// `n = 0` or `wins > n`.
+///
+/// ```
+/// use clae_replication::digits::stats::sign_test_two_sided;
+/// assert_eq!(sign_test_two_sided(9, 9), 2.0 / 512.0);
+/// assert_eq!(sign_test_two_sided(3, 3), 0.25);
+/// ```
+pub fn sign_test_two_sided(wins: usize, n: usize) -> f64 {
+    if n == 0 || wins > n {
+        return f64::NAN;
+    }
+    let k = wins.max(n - wins);
+    // P(X >= k) = sum_{j >= k} C(n, j) / 2^n, in f64 (exact for n < 54)
+    let mut c = 1.0f64; // C(n, 0)
+    let mut tail = 0.0f64;
+    for j in 0..=n {
+        if j >= k {
+            tail += c;
+        }
+        c = c * (n - j) as f64 / (j + 1) as f64;
+    }
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
+}
+
 /// Natural log of the gamma function (Lanczos, g = 7, n = 9; ~1e-15 relative).
 fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
@@ -225,6 +308,38 @@ mod tests {
             assert!((got - p).abs() < 1e-5, "t={t} df={df}: {got} vs {p}");
         }
         assert_eq!(student_t_two_sided(0.0, 5.0), 1.0);
+    }
+
+    #[test]
+    fn t_quantiles_match_tables() {
+        // One-sided quantiles from standard tables (0.975: the two-sided 5%
+        // critical values; 0.80: the power column of sample-size tables).
+        for (q, df, t) in [
+            (0.975, 2.0, 4.302653),
+            (0.975, 4.0, 2.776445),
+            (0.975, 10.0, 2.228139),
+            (0.80, 2.0, 1.060660),
+            (0.80, 4.0, 0.940965),
+            (0.995, 1.0, 63.656741),
+        ] {
+            let got = student_t_quantile(q, df);
+            assert!((got - t).abs() < 1e-5, "q={q} df={df}: {got} vs {t}");
+        }
+        assert!(student_t_quantile(0.3, 2.0).is_nan());
+        assert!(student_t_quantile(1.0, 2.0).is_nan());
+    }
+
+    #[test]
+    fn sign_test_matches_the_binomial() {
+        // 2 * sum C(n, j) / 2^n by hand: n = 6, k = 5: 2 * (6 + 1) / 64
+        assert_eq!(sign_test_two_sided(5, 6), 14.0 / 64.0);
+        assert_eq!(sign_test_two_sided(1, 6), 14.0 / 64.0);
+        // an even split is as even as it gets
+        assert_eq!(sign_test_two_sided(5, 10), 1.0);
+        // n = 10, k = 9: 2 * (10 + 1) / 1024
+        assert_eq!(sign_test_two_sided(9, 10), 22.0 / 1024.0);
+        assert!(sign_test_two_sided(0, 0).is_nan());
+        assert!(sign_test_two_sided(4, 3).is_nan());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use super::data::STD;
 use super::run::{Cell, Replication, RunRecord};
 use super::train::Method;
 use super::{FashionError, Result};
-use crate::digits::stats::{student_t_two_sided, welch, MeanStd, Welch};
+use crate::digits::stats::{
+    detectable_difference, sign_test_two_sided, student_t_two_sided, welch, MeanStd, Welch,
+};
 use clae_reference::loss::LossKind;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -15,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 /// p-value below which a difference counts as beyond the seed noise.
 pub const SIGNIFICANCE: f64 = 0.05;
+
+/// The power at which [`Paired::detectable`] is stated.
+pub const POWER: f64 = 0.8;
 
 /// An accuracy of a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,6 +132,11 @@ pub struct Paired {
     pub wins: usize,
     /// Two-sided p of the paired t-test (NaN with fewer than 2 seeds or no spread).
     pub p: f64,
+    /// The smallest true difference the paired test (at [`SIGNIFICANCE`])
+    /// would detect with probability [`POWER`] given this spread of the
+    /// per-seed differences ([`detectable_difference`]; NaN with fewer than
+    /// 2 seeds): what a "no difference" can rule out.
+    pub detectable: f64,
 }
 
 /// [`Paired`] of two run lists by seed.
@@ -150,6 +160,7 @@ pub fn paired(base: &[&RunRecord], other: &[&RunRecord], m: &Metric) -> Paired {
         diff,
         wins: diffs.iter().filter(|&&d| d > 0.0).count(),
         p,
+        detectable: detectable_difference(diff.std, diff.n, SIGNIFICANCE, POWER),
     }
 }
 
@@ -202,7 +213,8 @@ fn compare(rep: &Replication, base: Group, other: Group, metric: Metric) -> Opti
 }
 
 /// The pairs compared: per loss CLAE vs plain, control vs plain, CLAE vs
-/// control; for every other group of a loss, it against plain.
+/// control; for every other group of a loss, it against plain, and each
+/// further CLAE eps (the sweep) also against the control.
 pub fn comparison_pairs(rep: &Replication) -> Vec<(Group, Group)> {
     let gs = groups(rep);
     let mut out = Vec::new();
@@ -235,6 +247,11 @@ pub fn comparison_pairs(rep: &Replication) -> Vec<(Group, Group)> {
                 let listed = Some(*g) == plain || Some(*g) == clae || Some(*g) == control;
                 if !listed {
                     out.push((p, *g));
+                    // the eps sweep against the control too: does the
+                    // perturbation's size matter once the second term is there?
+                    if let (Method::Clae, Some(c0)) = (g.method, control) {
+                        out.push((c0, *g));
+                    }
                 }
             }
         }
@@ -324,7 +341,7 @@ pub fn summary_table(rep: &Replication) -> String {
 
 /// The comparison table.
 pub fn comparison_table(rep: &Replication) -> String {
-    let mut s = String::from("| comparison | loss | metric | base (%) | other (%) | Δ (points) | Welch t | df | Welch p | paired Δ per seed (points) | seeds higher | paired p | beyond seed noise? |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| comparison | loss | metric | base (%) | other (%) | Δ (points) | Welch t | df | Welch p | paired Δ per seed (points) | seeds higher | paired p | detectable Δ at 80% power (points) | beyond seed noise? |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in comparisons(rep) {
         let (t, df, p) = match c.welch {
             Some(w) => (
@@ -339,9 +356,14 @@ pub fn comparison_table(rep: &Replication) -> String {
         } else {
             "–".into()
         };
+        let detectable = if c.paired.detectable.is_finite() {
+            format!("{:.2}", 100.0 * c.paired.detectable)
+        } else {
+            "–".into()
+        };
         let _ = writeln!(
             s,
-            "| {} vs {} | {} | {} | {} | {} | {:+.2} | {t} | {df} | {p} | {:+.2} ± {:.2} | {}/{} | {pp} | {} |",
+            "| {} vs {} | {} | {} | {} | {} | {:+.2} | {t} | {df} | {p} | {:+.2} ± {:.2} | {}/{} | {pp} | {detectable} | {} |",
             c.other.title(),
             c.base.title(),
             loss_title(c.base.loss),
@@ -373,6 +395,13 @@ fn find_cmp(all: &[Comparison], base: Method, other: Method, metric: Metric) -> 
 fn deltas(cs: &[&Comparison]) -> String {
     cs.iter()
         .map(|c| format!("{:+.2}", c.delta_points()))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn detectables(cs: &[&Comparison]) -> String {
+    cs.iter()
+        .map(|c| format!("{:.2}", 100.0 * c.paired.detectable))
         .collect::<Vec<_>>()
         .join(" / ")
 }
@@ -443,10 +472,21 @@ pub fn conclusion(rep: &Replication) -> String {
     if !ctrl.is_empty() {
         let _ = write!(
             s,
-            "; against the eps = 0 control (same second term, adv BatchNorm branch and cost, no perturbation) CLAE's difference is {} points ({})",
+            "; against the eps = 0 control (same second term, adv BatchNorm branch and cost, no perturbation) CLAE's difference is {} points ({}; with these seeds the paired test would detect a true difference of {} points with {:.0}% power)",
             deltas(&ctrl),
-            verdict(&ctrl)
+            verdict(&ctrl),
+            detectables(&ctrl),
+            100.0 * POWER
         );
+        if ctrl.len() > 1 {
+            let wins: usize = ctrl.iter().map(|c| c.paired.wins).sum();
+            let n: usize = ctrl.iter().map(|c| c.paired.diff.n).sum();
+            let _ = write!(
+                s,
+                "; pooled over the losses, {wins} of {n} per-seed differences favour CLAE (two-sided sign test p = {:.3})",
+                sign_test_two_sided(wins, n)
+            );
+        }
     }
     s.push('.');
     let probe = find_cmp(&all, Method::Plain, Method::Clae, Metric::Probe);
@@ -500,6 +540,45 @@ pub fn conclusion(rep: &Replication) -> String {
             loss_title(focus),
             text.join(", ")
         );
+        let largest = sweep.last().copied().filter(|g| g.method == Method::Clae);
+        let robust_eps = o.attack_eps.iter().copied().find(|&e| e == 2.0);
+        if let Some(top) = largest {
+            let vs_control = |m: Metric| {
+                all.iter()
+                    .find(|c| c.base.method == Method::ClaeEps0 && c.other == top && c.metric == m)
+            };
+            let mut parts = Vec::new();
+            if let Some(c) = vs_control(Metric::Knn200) {
+                parts.push(format!(
+                    "{:+.2} kNN-200 points ({})",
+                    c.delta_points(),
+                    if c.beyond_noise() {
+                        "beyond the seed noise"
+                    } else {
+                        "within the seed noise"
+                    }
+                ));
+            }
+            if let Some(c) = robust_eps.and_then(|e| vs_control(Metric::Robust(e))) {
+                parts.push(format!(
+                    "{:+.2} points of robust accuracy at 2/255 ({})",
+                    c.delta_points(),
+                    if c.beyond_noise() {
+                        "beyond the seed noise"
+                    } else {
+                        "within the seed noise"
+                    }
+                ));
+            }
+            if !parts.is_empty() {
+                let _ = write!(
+                    s,
+                    " Against the control, eps = {} changes {}.",
+                    top.eps,
+                    parts.join(" and ")
+                );
+            }
+        }
     }
     let long = find_cmp(&all, Method::Clae, Method::PlainLong, Metric::Knn200);
     if let Some(c) = long.first() {
@@ -651,7 +730,7 @@ pub fn markdown(rep: &Replication) -> String {
     s.push_str("![accuracy per method](accuracy.svg)\n\n![accuracy vs eps](accuracy_vs_eps.svg)\n\n![robust accuracy](robustness.svg)\n\n![learning curves](learning_curves.svg)\n\n");
     let _ = writeln!(
         s,
-        "## Comparisons\n\nWelch's unpaired t-test (unequal variances) and, because the same seed gives every method the same initialisation and the same augmented batches, the per-seed paired difference (mean ± std, how many seeds favour \"other\", paired t-test p). \"Beyond seed noise\" uses Welch's p < {SIGNIFICANCE}, uncorrected for the number of comparisons.\n\n{}",
+        "## Comparisons\n\nWelch's unpaired t-test (unequal variances) and, because the same seed gives every method the same initialisation and the same augmented batches, the per-seed paired difference (mean ± std, how many seeds favour \"other\", paired t-test p). \"Beyond seed noise\" uses Welch's p < {SIGNIFICANCE}, uncorrected for the number of comparisons. The power column is the smallest true difference the paired test at p < {SIGNIFICANCE} would detect with 80% probability given the observed spread of the per-seed differences, `(t(0.975, n−1) + t(0.8, n−1)) · sd / √n` (the usual Student-t approximation, slightly optimistic for 3 seeds): a difference below it is not ruled out by a \"no\".\n\n{}",
         comparison_table(rep)
     );
     let _ = writeln!(s, "## Training time\n\n{}", seconds_text(rep));
