@@ -129,6 +129,9 @@ pub fn student_t_quantile(q: f64, df: f64) -> f64 {
     if !((0.5..1.0).contains(&q) && df > 0.0 && df.is_finite()) {
         return f64::NAN;
     }
+    if q == 0.5 {
+        return 0.0; // the median, by symmetry
+    }
     let upper = |t: f64| student_t_two_sided(t, df) / 2.0; // P(T > t), decreasing
     let target = 1.0 - q;
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
